@@ -1,0 +1,76 @@
+"""Batches and their envelope columns.
+
+A batch is a `polars.DataFrame` (Arrow memory). Besides a message's own fields it carries the
+envelope as columns whose names start with an underscore, so that no user field can collide
+with them and encoders can leave them out:
+
+- `_raw` (Binary): the message value as received; present until the batch is decoded.
+- `_key` (Binary, nullable): the message key.
+- `_partition` (Int32): the partition the message came from, or was assigned to.
+- `_offset` (Int64): the message's position in its partition (or line number in a file).
+- `_timestamp` (Int64, nullable): broker timestamp in epoch milliseconds.
+- `_extra` (String, nullable): JSON object of the fields the schema does not declare,
+  carried through unchanged and merged back when the record is encoded.
+- `_reason`, `_stage` (String): on dead-letter batches, why and where a record failed.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+RAW = "_raw"
+KEY = "_key"
+PARTITION = "_partition"
+OFFSET = "_offset"
+TIMESTAMP = "_timestamp"
+EXTRA = "_extra"
+REASON = "_reason"
+STAGE = "_stage"
+
+ENVELOPE_SCHEMA = pl.Schema(
+    {KEY: pl.Binary(), PARTITION: pl.Int32(), OFFSET: pl.Int64(), TIMESTAMP: pl.Int64()}
+)
+DEAD_LETTER_SCHEMA = pl.Schema(
+    {REASON: pl.String(), STAGE: pl.String(), RAW: pl.Binary(), **ENVELOPE_SCHEMA}
+)
+
+
+def raw_batch(
+    values: list[bytes],
+    *,
+    keys: list[bytes | None] | None = None,
+    partitions: list[int] | None = None,
+    offsets: list[int] | None = None,
+) -> pl.DataFrame:
+    """Build an undecoded batch from message values (tests and in-memory sources)."""
+    count = len(values)
+    return pl.DataFrame(
+        {
+            RAW: pl.Series(RAW, values, pl.Binary()),
+            KEY: pl.Series(KEY, keys if keys is not None else [None] * count, pl.Binary()),
+            PARTITION: pl.Series(
+                PARTITION, partitions if partitions is not None else [0] * count, pl.Int32()
+            ),
+            OFFSET: pl.Series(OFFSET, offsets if offsets is not None else range(count), pl.Int64()),
+            TIMESTAMP: pl.Series(TIMESTAMP, [None] * count, pl.Int64()),
+        }
+    )
+
+
+def data_columns(frame: pl.DataFrame) -> list[str]:
+    """The message's own fields: every column that is not part of the envelope."""
+    return [name for name in frame.columns if not name.startswith("_")]
+
+
+def dead_letters(rejected: pl.DataFrame, reason: pl.Expr | str, stage: str) -> pl.DataFrame:
+    """Shape rejected rows as dead letters; the reason may be a column expression."""
+    reason_expr = pl.lit(reason) if isinstance(reason, str) else reason
+    return rejected.select(
+        reason_expr.cast(pl.String).alias(REASON),
+        pl.lit(stage).alias(STAGE),
+        *[
+            pl.col(name) if name in rejected.columns else pl.lit(None, dtype).alias(name)
+            for name, dtype in DEAD_LETTER_SCHEMA.items()
+            if name not in (REASON, STAGE)
+        ],
+    )

@@ -1,0 +1,164 @@
+"""File sources and sinks: NDJSON (one message value per line) and Parquet.
+
+The NDJSON source reads the file in large blocks and splits lines with numpy: the values of
+a batch share one Arrow buffer and never exist as Python objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.batch import KEY, OFFSET, PARTITION, RAW, TIMESTAMP, data_columns
+from engine.connectors.encoding import encode_values, is_dead_letter
+from engine.errors import ConnectorError
+
+_BLOCK_BYTES = 8 << 20
+
+
+class NdjsonSource:
+    """Yields undecoded batches of `batch_size` lines (the last may be shorter).
+
+    A line is one value; a trailing `\\r` is dropped with its `\\n`, and a final line without
+    `\\n` counts. `_offset` is the line number, counted from 0.
+    """
+
+    def __init__(self, path: str | Path, batch_size: int = 10_000) -> None:
+        self.path = Path(path)
+        self.batch_size = batch_size
+
+    async def batches(self) -> AsyncIterator[pl.DataFrame]:
+        if not self.path.is_file():
+            raise ConnectorError(f"NDJSON source: no such file: {self.path}")
+        line_number = 0
+        leftover: pa.LargeBinaryArray | None = None
+        for values in self._blocks():
+            if leftover is not None:
+                values = pa.concat_arrays([leftover, values])
+                if len(values) < self.batch_size:
+                    leftover = values
+                    continue
+            start = 0
+            while len(values) - start >= self.batch_size:
+                yield _raw_frame(values.slice(start, self.batch_size), line_number)
+                line_number += self.batch_size
+                start += self.batch_size
+            leftover = values.slice(start) if start < len(values) else None
+        if leftover is not None and len(leftover):
+            yield _raw_frame(leftover, line_number)
+
+    def _blocks(self) -> Iterator[pa.LargeBinaryArray]:
+        carry = b""
+        with self.path.open("rb") as file:
+            while block := file.read(_BLOCK_BYTES):
+                data = carry + block
+                cut = data.rfind(b"\n") + 1
+                carry = data[cut:]
+                if cut:
+                    yield _split_lines(data[:cut])
+        if carry:
+            yield _split_lines(carry + b"\n")
+
+
+def _split_lines(data: bytes) -> pa.LargeBinaryArray:
+    """Lines of `data` (which ends with a newline) as values, newlines removed."""
+    raw = np.frombuffer(data, np.uint8)
+    newlines = np.flatnonzero(raw == ord("\n"))
+    starts = np.concatenate(([0], newlines[:-1] + 1))
+    ends = newlines.copy()
+    has_cr = (ends > starts) & (raw[np.maximum(ends - 1, 0)] == ord("\r"))
+    ends[has_cr] -= 1
+    keep = np.ones(len(raw), bool)
+    keep[newlines] = False
+    keep[ends[has_cr]] = False
+    # positions shift left by the separators removed before each line
+    removed_before = np.arange(len(starts)) + np.concatenate(([0], np.cumsum(has_cr)[:-1]))
+    offsets = np.empty(len(starts) + 1, np.int64)
+    offsets[:-1] = starts - removed_before
+    offsets[-1] = len(raw) - len(newlines) - int(has_cr.sum())
+    values = raw[keep]
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(values)]
+    )
+
+
+def _raw_frame(values: pa.LargeBinaryArray, first_line: int) -> pl.DataFrame:
+    count = len(values)
+    return pl.DataFrame(
+        {
+            RAW: pl.Series(RAW, values, pl.Binary),
+            KEY: pl.Series(KEY, [None] * count, pl.Binary),
+            PARTITION: pl.Series(PARTITION, np.zeros(count, np.int32)),
+            OFFSET: pl.Series(OFFSET, np.arange(first_line, first_line + count, dtype=np.int64)),
+            TIMESTAMP: pl.Series(TIMESTAMP, [None] * count, pl.Int64),
+        }
+    )
+
+
+class ParquetSource:
+    """Yields already-columnar batches from a Parquet file (no decode step needed)."""
+
+    def __init__(self, path: str | Path, batch_size: int = 10_000) -> None:
+        self.path = Path(path)
+        self.batch_size = batch_size
+
+    async def batches(self) -> AsyncIterator[pl.DataFrame]:
+        if not self.path.is_file():
+            raise ConnectorError(f"Parquet source: no such file: {self.path}")
+        offset = 0
+        for record_batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_size):
+            frame = pl.from_arrow(record_batch)
+            assert isinstance(frame, pl.DataFrame)
+            count = frame.height
+            yield frame.with_columns(
+                pl.lit(None, pl.Binary).alias(KEY),
+                pl.lit(0, pl.Int32).alias(PARTITION),
+                pl.Series(OFFSET, np.arange(offset, offset + count, dtype=np.int64)),
+                pl.lit(None, pl.Int64).alias(TIMESTAMP),
+            )
+            offset += count
+
+
+class NdjsonSink:
+    """Appends one JSON value per line; dead letters as `{"reason", "raw"}`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("wb")
+
+    async def write(self, frame: pl.DataFrame) -> None:
+        if frame.height:
+            text = encode_values(frame).str.join("\n").item()
+            self._file.write(text.encode())
+            self._file.write(b"\n")
+
+    async def close(self) -> None:
+        self._file.close()
+
+
+class ParquetSink:
+    """Writes records' fields as Parquet columns (dead letters: reason, stage, raw)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer: pq.ParquetWriter | None = None
+
+    async def write(self, frame: pl.DataFrame) -> None:
+        if not frame.height:
+            return
+        columns = ["_reason", "_stage", RAW] if is_dead_letter(frame) else data_columns(frame)
+        table = frame.select(columns).to_arrow()
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        self._writer.write_table(table.cast(self._writer.schema))
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

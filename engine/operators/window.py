@@ -1,0 +1,504 @@
+"""Event-time windows: tumbling, sliding and session aggregates per key, closed by watermark.
+
+All three steps share one model, so that a bounded run and a stream give the same outputs and
+splitting the input into batches at any point changes nothing:
+
+- **Watermark per partition.** The watermark of a partition is the largest event time among
+  the rows that reached the step on that partition (kept in state across batches), minus
+  `allowed_lateness_ms`. Within a batch, row j's watermark counts the rows before it and
+  itself, so the outcome is the one a row-at-a-time engine would give. Partitions never hold
+  each other back or push each other forward.
+- **Lateness.** A row is late when every window it belongs to is already closed under its own
+  watermark. It goes, unchanged, to the `late` sink (or to `DEAD_LETTER` with the reason
+  `"late event: window already closed"` when no sink is named) and is counted nowhere.
+- **Closing.** After each batch, every window the partition's watermark has passed (for a
+  session: passed far enough that no on-time row can reach it) is emitted on `MAIN` and
+  dropped from state, so each window is emitted once. Windows still open at the end of the
+  input are never emitted (`finish` returns nothing): flushing them would make a bounded run
+  differ from the same input read as a stream.
+- **Accumulators merge.** Each row becomes a one-row partial aggregate; partials and the
+  open windows in state are merged by one polars `group_by` per batch (count and sum add,
+  min/max combine, mean is kept as sum and count, first/last carry the arrival position of
+  their row, count_distinct keeps the distinct values as a list). No Python loop over rows.
+- **Memory** is bounded by the open windows: one row per (partition, key, open window) with
+  its accumulators (count_distinct also keeps its distinct values), plus one row per partition.
+  A batch costs time linear in its rows (times windows per row, when sliding) plus the open
+  windows, which are regrouped with it.
+
+A row whose event time is null cannot be placed in any window; it goes to `DEAD_LETTER`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from typing import Annotated, ClassVar
+
+import msgspec
+import polars as pl
+
+from engine.batch import KEY, PARTITION, RAW, dead_letters
+from engine.codec import encode_json
+from engine.operators.base import DEAD_LETTER, MAIN, Outputs, Step, column, require_fields
+
+LATE_REASON = "late event: window already closed"
+WINDOW_START = "window_start"
+WINDOW_END = "window_end"
+
+# Working columns; a leading "__" keeps them apart from message fields and the envelope.
+_EVENT_TIME = "__event_time"
+_WATERMARK = "__watermark"
+_SEQUENCE = "__sequence"
+_FIRST_SEQUENCE = "__first_sequence"
+_LAST_SEQUENCE = "__last_sequence"
+_FIRST_KEY = "__first_key"
+_SESSION = "__session"
+_MAX_EVENT_TIME = "__max_event_time"
+_ROWS_SEEN = "__rows_seen"
+_ENTRY = "__entry"
+
+_FUNCTIONS = ("count", "sum", "min", "max", "mean", "first", "last", "count_distinct")
+_EXPECTED = "count(), sum(f), min(f), max(f), mean(f), first(f), last(f) or count_distinct(f)"
+_CALL = re.compile(r"\s*(\w+)\s*\(\s*([^()\s]*)\s*\)\s*")
+_FIELD = re.compile(r"\w+(\.\w+)*")
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One output column `name = function(field)`, computed by accumulators that merge.
+
+    `initial` turns one row into accumulators, `merged` combines accumulators of one window
+    (from any number of rows and batches, in any order) and `result` reads the final value.
+    Nulls are skipped: sum of no values is 0; min, max and mean of no values are null;
+    count_distinct counts distinct non-null values; first/last are the values of the
+    earliest/latest arriving row, null included.
+    """
+
+    name: str
+    function: str
+    field: str | None
+
+    @classmethod
+    def parse(cls, name: str, spec: str) -> Aggregate:
+        """Parse `spec` (e.g. `"sum(amount)"`); ValueError naming the aggregate if invalid."""
+        call = _CALL.fullmatch(spec)
+        if call is None or call.group(1) not in _FUNCTIONS:
+            raise ValueError(f"aggregate {name!r}: cannot parse {spec!r}; expected {_EXPECTED}")
+        function, field = call.group(1), call.group(2)
+        if function == "count" and field:
+            raise ValueError(f"aggregate {name!r}: count() takes no field, got {spec!r}")
+        if function != "count" and not _FIELD.fullmatch(field):
+            raise ValueError(
+                f"aggregate {name!r}: {function}(f) needs a field name (dotted for a nested "
+                f"field), got {spec!r}"
+            )
+        return cls(name, function, field or None)
+
+    def _part(self, part: str) -> str:
+        return f"__{self.name}.{part}"
+
+    def initial(self, value: pl.Expr, dtype: pl.DataType) -> list[pl.Expr]:
+        """Accumulators of one row whose field value is `value` (of type `dtype`)."""
+        if self.function == "count":
+            return [pl.lit(1, pl.Int64).alias(self._part("count"))]
+        if self.function == "sum" and (dtype.is_integer() or dtype == pl.Boolean):
+            return [value.cast(pl.Int64).alias(self._part("sum"))]
+        if self.function == "mean":
+            return [
+                value.cast(pl.Float64).alias(self._part("sum")),
+                value.is_not_null().cast(pl.Int64).alias(self._part("count")),
+            ]
+        if self.function == "count_distinct":
+            return [pl.concat_list(value).alias(self._part("values"))]
+        return [value.alias(self._part(self.function))]
+
+    def merged(self) -> list[pl.Expr]:
+        """Aggregations (for `group_by().agg`) combining the accumulators of one window."""
+        if self.function in ("count", "sum"):
+            return [pl.col(self._part(self.function)).sum()]
+        if self.function == "mean":
+            return [pl.col(self._part("sum")).sum(), pl.col(self._part("count")).sum()]
+        if self.function == "count_distinct":
+            values = pl.col(self._part("values")).explode(keep_nulls=False).drop_nulls()
+            return [values.unique().alias(self._part("values"))]
+        accumulator = pl.col(self._part(self.function))
+        if self.function == "first":
+            return [accumulator.get(pl.col(_FIRST_SEQUENCE).arg_min())]
+        if self.function == "last":
+            return [accumulator.get(pl.col(_LAST_SEQUENCE).arg_max())]
+        return [accumulator.min() if self.function == "min" else accumulator.max()]
+
+    def result(self) -> pl.Expr:
+        """The output column from merged accumulators."""
+        if self.function == "mean":
+            count = pl.col(self._part("count"))
+            return pl.when(count > 0).then(pl.col(self._part("sum")) / count).alias(self.name)
+        if self.function == "count_distinct":
+            return pl.col(self._part("values")).list.len().cast(pl.Int64).alias(self.name)
+        return pl.col(self._part(self.function)).alias(self.name)
+
+
+@functools.cache
+def _parse_aggregates(specs: tuple[tuple[str, str], ...]) -> tuple[Aggregate, ...]:
+    return tuple(Aggregate.parse(name, spec) for name, spec in specs)
+
+
+class WindowState:
+    """A window step's state: its open windows and each partition's progress.
+
+    `windows` has one row per open window: `_partition`, the key columns, `window_start`,
+    `window_end` and accumulator columns (prefixed `__`). `partitions` has one row per
+    partition seen: `_partition`, `__max_event_time` (the watermark before lateness) and
+    `__rows_seen` (which orders first/last across batches). A window is evicted when emitted.
+    """
+
+    def __init__(self) -> None:
+        self.windows = pl.DataFrame(schema={PARTITION: pl.Int32()})
+        self.partitions = pl.DataFrame(
+            schema={PARTITION: pl.Int32(), _MAX_EVENT_TIME: pl.Int64(), _ROWS_SEEN: pl.Int64()}
+        )
+
+    def snapshot(self) -> pl.DataFrame:
+        """Both tables in one, told apart by `__entry` ("partition" or "window")."""
+        return pl.concat(
+            [
+                self.partitions.with_columns(pl.lit("partition").alias(_ENTRY)),
+                self.windows.with_columns(pl.lit("window").alias(_ENTRY)),
+            ],
+            how="diagonal_relaxed",
+        )
+
+    def restore(self, table: pl.DataFrame) -> None:
+        """Replace this state by the one `snapshot` returned."""
+        self.partitions = table.filter(pl.col(_ENTRY) == "partition").select(
+            PARTITION, _MAX_EVENT_TIME, _ROWS_SEEN
+        )
+        self.windows = table.filter(pl.col(_ENTRY) == "window").drop(
+            _ENTRY, _MAX_EVENT_TIME, _ROWS_SEEN
+        )
+
+
+class _Window(Step, frozen=True, kw_only=True):
+    """What the three window steps share: keys, event time, lateness, aggregates, late sink."""
+
+    key_by: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)]
+    event_time: str
+    aggregates: dict[str, str]
+    allowed_lateness_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    late: str | None = None
+
+    stateful: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _parse_aggregates(tuple(self.aggregates.items()))
+        names = [*self._key_names(), WINDOW_START, WINDOW_END, *self.aggregates]
+        for name in names:
+            if name.startswith("_"):
+                raise ValueError(
+                    f"output column {name!r}: names starting with '_' are reserved for the "
+                    f"envelope; rename the key field or aggregate"
+                )
+            if names.count(name) > 1:
+                raise ValueError(
+                    f"output column {name!r} appears twice among the keys ({', '.join(self.key_by)}"
+                    f"), window_start, window_end and the aggregates; rename one"
+                )
+        if self.late in (MAIN, DEAD_LETTER):
+            raise ValueError(f"late: {self.late!r} is a reserved output name; name a sink")
+
+    def sinks(self) -> tuple[str, ...]:
+        return (self.late,) if self.late else ()
+
+    def keyed_by(self) -> tuple[str, ...]:
+        return self.key_by
+
+    def check(self, fields: set[str] | None) -> None:
+        aggregated = tuple(a.field for a in self._aggregates() if a.field is not None)
+        require_fields(self, (*self.key_by, self.event_time, *aggregated), fields)
+
+    def new_state(self) -> WindowState:
+        return WindowState()
+
+    def process(self, batch: pl.DataFrame, state: WindowState) -> Outputs:
+        """Add the batch's on-time rows to their windows; emit the windows now closed.
+
+        Returns `MAIN` (closed windows, possibly none) and, when rows were set aside, the
+        `late` sink and/or `DEAD_LETTER`.
+        """
+        # The envelope's type; a hand-built batch may carry Int64 partitions.
+        batch = batch.with_columns(pl.col(PARTITION).cast(pl.Int32))
+        stamped = batch.with_columns(column(self.event_time).cast(pl.Int64).alias(_EVENT_TIME))
+        untimed = stamped.filter(pl.col(_EVENT_TIME).is_null()).select(batch.columns)
+        rows = self._stamp(stamped.filter(pl.col(_EVENT_TIME).is_not_null()), state)
+        is_late = self._latest_end(pl.col(_EVENT_TIME)) <= pl.col(_WATERMARK)
+        late = rows.filter(is_late).select(batch.columns)
+
+        units = self._assign(self._units(rows.filter(~is_late)))
+        windows = self._coalesce(pl.concat([state.windows, units], how="diagonal_relaxed"))
+        windows = windows.group_by(PARTITION, *self._key_names(), WINDOW_START, WINDOW_END).agg(
+            pl.col(_FIRST_SEQUENCE).min(),
+            pl.col(_LAST_SEQUENCE).max(),
+            pl.col(_FIRST_KEY).get(pl.col(_FIRST_SEQUENCE).arg_min()),
+            *[expr for aggregate in self._aggregates() for expr in aggregate.merged()],
+        )
+        watermarks = state.partitions.select(
+            PARTITION, (pl.col(_MAX_EVENT_TIME) - self.allowed_lateness_ms).alias(_WATERMARK)
+        )
+        windows = windows.join(watermarks, on=PARTITION, how="left")
+        is_closed = self._closes_at() <= pl.col(_WATERMARK)
+        state.windows = windows.filter(~is_closed).drop(_WATERMARK)
+
+        outputs: Outputs = {MAIN: self._emit(windows.filter(is_closed))}
+        rejected = [(untimed, f"event time {self.event_time!r} is null")]
+        if self.late is None:
+            rejected.append((late, LATE_REASON))
+        elif late.height:
+            outputs[self.late] = late
+        dead = [self._rejected(rows, reason) for rows, reason in rejected if rows.height]
+        if dead:
+            outputs[DEAD_LETTER] = pl.concat(dead)
+        return outputs
+
+    def _aggregates(self) -> tuple[Aggregate, ...]:
+        return _parse_aggregates(tuple(self.aggregates.items()))
+
+    def _key_names(self) -> list[str]:
+        return [path.rsplit(".", 1)[-1] for path in self.key_by]
+
+    def _stamp(self, rows: pl.DataFrame, state: WindowState) -> pl.DataFrame:
+        """Give each row its arrival position and watermark; advance the partitions' progress."""
+        stamped = rows.join(state.partitions, on=PARTITION, how="left", maintain_order="left")
+        stamped = stamped.with_columns(
+            (pl.col(_ROWS_SEEN).fill_null(0) + pl.int_range(pl.len()).over(PARTITION)).alias(
+                _SEQUENCE
+            ),
+            (
+                pl.max_horizontal(
+                    pl.col(_EVENT_TIME).cum_max().over(PARTITION), pl.col(_MAX_EVENT_TIME)
+                )
+                - self.allowed_lateness_ms
+            ).alias(_WATERMARK),
+        )
+        progress = rows.group_by(PARTITION).agg(
+            pl.col(_EVENT_TIME).max().alias(_MAX_EVENT_TIME),
+            pl.len().cast(pl.Int64).alias(_ROWS_SEEN),
+        )
+        state.partitions = (
+            pl.concat([state.partitions, progress])
+            .group_by(PARTITION)
+            .agg(pl.col(_MAX_EVENT_TIME).max(), pl.col(_ROWS_SEEN).sum())
+            .sort(PARTITION)
+        )
+        return stamped
+
+    def _units(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """One partial aggregate per on-time row: keys, event time, accumulators."""
+        aggregates = self._aggregates()
+        values = rows.select(
+            PARTITION,
+            *[
+                column(path).alias(name)
+                for path, name in zip(self.key_by, self._key_names(), strict=True)
+            ],
+            _EVENT_TIME,
+            _WATERMARK,
+            pl.col(_SEQUENCE).alias(_FIRST_SEQUENCE),
+            pl.col(_SEQUENCE).alias(_LAST_SEQUENCE),
+            pl.col(KEY).alias(_FIRST_KEY),
+            *[column(a.field).alias(a.name) for a in aggregates if a.field is not None],
+        )
+        return values.select(
+            pl.exclude(list(self.aggregates)),
+            *[
+                expr
+                for a in aggregates
+                for expr in a.initial(pl.col(a.name), values.schema.get(a.name, pl.Null()))
+            ],
+        )
+
+    def _emit(self, closed: pl.DataFrame) -> pl.DataFrame:
+        return closed.sort(PARTITION, WINDOW_START, *self._key_names()).select(
+            *self._key_names(),
+            WINDOW_START,
+            WINDOW_END,
+            *[aggregate.result() for aggregate in self._aggregates()],
+            PARTITION,
+            pl.col(_FIRST_KEY).alias(KEY),
+        )
+
+    def _rejected(self, rows: pl.DataFrame, reason: str) -> pl.DataFrame:
+        if RAW not in rows.columns:
+            # Decoded rows no longer hold their raw value: re-encode it so nothing is lost.
+            rows = rows.with_columns(encode_json(rows).cast(pl.Binary).alias(RAW))
+        return dead_letters(rows, reason, self.name or self.op)
+
+    # What differs between window kinds.
+
+    def _latest_end(self, event_time: pl.Expr) -> pl.Expr:
+        """End of the last window a row at `event_time` belongs to (late if ≤ watermark)."""
+        raise NotImplementedError
+
+    def _assign(self, units: pl.DataFrame) -> pl.DataFrame:
+        """Give each unit its window(s) still open under its watermark (`window_start/end`)."""
+        raise NotImplementedError
+
+    def _coalesce(self, windows: pl.DataFrame) -> pl.DataFrame:
+        """Relabel units that belong together with one (start, end); fixed windows already do."""
+        return windows
+
+    def _closes_at(self) -> pl.Expr:
+        """The watermark at which a window is closed."""
+        return pl.col(WINDOW_END)
+
+
+class TumblingWindow(_Window, tag="tumbling_window"):
+    """Aggregate each key over fixed, non-overlapping event-time windows `[start, start + size)`.
+
+    `start = ts - ts mod size_ms`. Guarantees: a window is emitted once, on `MAIN`, after the
+    batch in which its partition's watermark (largest event time seen there minus
+    `allowed_lateness_ms`) reaches its end; a row whose window has closed is late and counted
+    nowhere; open windows are never flushed. Output is sorted by partition, window_start, key.
+    Memory: one row per open (partition, key, window).
+
+    Args:
+        key_by: fields to group by (dotted for nested; the output column is the last part).
+        event_time: Int64 epoch-milliseconds field.
+        size_ms: window length (> 0).
+        aggregates: output column → `count()`, `sum(f)`, `min(f)`, `max(f)`, `mean(f)`,
+            `first(f)`, `last(f)` or `count_distinct(f)`.
+        allowed_lateness_ms: how far the watermark trails the largest event time (≥ 0).
+        late: sink for late rows; None sends them to `DEAD_LETTER` instead.
+
+    Raises ValueError for an aggregate that does not parse, e.g. `sum amount` or `total()`.
+
+    >>> step = TumblingWindow(key_by=("key",), event_time="ts", size_ms=1000, late="late",
+    ...                       aggregates={"count": "count()", "total": "sum(amount)"})
+    >>> state = step.new_state()
+    >>> batch = pl.DataFrame({"key": ["a", "a", "b", "a"], "ts": [100, 900, 1500, 2300],
+    ...                       "amount": [1, 2, 3, 4], "_partition": [0, 0, 0, 0],
+    ...                       "_key": [b"a", b"a", b"b", b"a"]})
+    >>> step.process(batch, state)["main"].drop("_partition", "_key").rows()
+    [('a', 0, 1000, 2, 3), ('b', 1000, 2000, 1, 3)]
+    >>> step.process(batch.head(1), state)["late"]["ts"].to_list()
+    [100]
+    """
+
+    size_ms: Annotated[int, msgspec.Meta(gt=0)]
+
+    def _latest_end(self, event_time: pl.Expr) -> pl.Expr:
+        return event_time // self.size_ms * self.size_ms + self.size_ms
+
+    def _assign(self, units: pl.DataFrame) -> pl.DataFrame:
+        start = pl.col(_EVENT_TIME) // self.size_ms * self.size_ms
+        return units.with_columns(
+            start.alias(WINDOW_START), (start + self.size_ms).alias(WINDOW_END)
+        ).drop(_EVENT_TIME, _WATERMARK)
+
+
+class SlidingWindow(_Window, tag="sliding_window"):
+    """Aggregate each key over overlapping windows `[start, start + size)`, one per slide.
+
+    Window starts are the multiples of `slide_ms`; a row belongs to every window containing
+    it (about size/slide of them). Guarantees: a row is counted in each of its windows still
+    open under its watermark and is late (counted nowhere) only when all of them have closed;
+    a window is emitted once, after the batch in which its partition's watermark reaches its
+    end; open windows are never flushed. Output is sorted by partition, window_start, key.
+    Memory: one row per open (partition, key, window), up to size/slide windows per key.
+
+    Args:
+        key_by, event_time, aggregates, allowed_lateness_ms, late: as for `TumblingWindow`.
+        size_ms: window length (> 0).
+        slide_ms: distance between window starts (> 0, at most `size_ms`).
+
+    Raises ValueError when `slide_ms` exceeds `size_ms` (rows would fall between windows).
+
+    >>> step = SlidingWindow(key_by=("key",), event_time="ts", size_ms=1000, slide_ms=500,
+    ...                      aggregates={"count": "count()"})
+    >>> batch = pl.DataFrame({"key": ["a", "a"], "ts": [700, 2000], "_partition": [0, 0],
+    ...                       "_key": [b"a", b"a"]})
+    >>> step.process(batch, step.new_state())["main"].drop("_partition", "_key").rows()
+    [('a', 0, 1000, 1), ('a', 500, 1500, 1)]
+    """
+
+    size_ms: Annotated[int, msgspec.Meta(gt=0)]
+    slide_ms: Annotated[int, msgspec.Meta(gt=0)]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.slide_ms > self.size_ms:
+            raise ValueError(
+                f"slide_ms: {self.slide_ms} is larger than size_ms ({self.size_ms}); rows "
+                f"between windows would be dropped, expected slide_ms <= size_ms"
+            )
+
+    def _latest_end(self, event_time: pl.Expr) -> pl.Expr:
+        return event_time // self.slide_ms * self.slide_ms + self.size_ms
+
+    def _assign(self, units: pl.DataFrame) -> pl.DataFrame:
+        first = (pl.col(_EVENT_TIME) - self.size_ms) // self.slide_ms + 1
+        last = pl.col(_EVENT_TIME) // self.slide_ms
+        start = pl.col(WINDOW_START) * self.slide_ms
+        return (
+            units.with_columns(pl.int_ranges(first, last + 1).alias(WINDOW_START))
+            .explode(WINDOW_START)
+            .with_columns(start.alias(WINDOW_START), (start + self.size_ms).alias(WINDOW_END))
+            .filter(pl.col(WINDOW_END) > pl.col(_WATERMARK))
+            .drop(_EVENT_TIME, _WATERMARK)
+        )
+
+
+class SessionWindow(_Window, tag="session_window"):
+    """Aggregate each key over sessions: runs of rows less than `gap_ms` apart in event time.
+
+    A row at `ts` spans `[ts, ts + gap)`; spans of one key that overlap merge into a session,
+    including sessions left open by earlier batches. Output `window_start` is the session's
+    first event time and `window_end` its last event time + gap. Guarantees: a row is late
+    (counted nowhere) when `ts + gap ≤` its watermark. A session is emitted once, when its
+    partition's watermark reaches `window_end + gap - 1`: only then can no on-time row
+    (`ts > watermark - gap`) reach it any more, and emitting it earlier would make the output
+    depend on where batches split.
+    Open sessions are never flushed. Output is sorted by partition, window_start, key.
+    Memory: one row per open (partition, key, session).
+
+    Args:
+        key_by, event_time, aggregates, allowed_lateness_ms, late: as for `TumblingWindow`.
+        gap_ms: inactivity that ends a session (> 0).
+
+    >>> step = SessionWindow(key_by=("key",), event_time="ts", gap_ms=100,
+    ...                      aggregates={"count": "count()"})
+    >>> batch = pl.DataFrame({"key": ["a", "a", "a", "a"], "ts": [0, 60, 400, 1000],
+    ...                       "_partition": [0, 0, 0, 0], "_key": [b"a", b"a", b"a", b"a"]})
+    >>> step.process(batch, step.new_state())["main"].drop("_partition", "_key").rows()
+    [('a', 0, 160, 2), ('a', 400, 500, 1)]
+    """
+
+    gap_ms: Annotated[int, msgspec.Meta(gt=0)]
+
+    def _latest_end(self, event_time: pl.Expr) -> pl.Expr:
+        return event_time + self.gap_ms
+
+    def _assign(self, units: pl.DataFrame) -> pl.DataFrame:
+        return units.with_columns(
+            pl.col(_EVENT_TIME).alias(WINDOW_START),
+            (pl.col(_EVENT_TIME) + self.gap_ms).alias(WINDOW_END),
+        ).drop(_EVENT_TIME, _WATERMARK)
+
+    def _coalesce(self, windows: pl.DataFrame) -> pl.DataFrame:
+        keys = [PARTITION, *self._key_names()]
+        ordered = windows.sort(*keys, WINDOW_START)
+        reach = pl.col(WINDOW_END).cum_max().shift(1).over(keys)
+        # Sorted rows of one key start a new session unless an earlier span reaches them;
+        # the first row of each key starts one, so a global running count numbers sessions.
+        starts = reach.is_null() | (pl.col(WINDOW_START) >= reach)
+        return (
+            ordered.with_columns(starts.cum_sum().alias(_SESSION))
+            .with_columns(
+                pl.col(WINDOW_START).min().over(_SESSION), pl.col(WINDOW_END).max().over(_SESSION)
+            )
+            .drop(_SESSION)
+        )
+
+    def _closes_at(self) -> pl.Expr:
+        # On-time rows have ts > watermark - gap; none reaches a session ending at or below it.
+        return pl.col(WINDOW_END) + self.gap_ms - 1

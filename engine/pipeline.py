@@ -1,0 +1,192 @@
+"""The Python API: build a pipeline step by step, then plan or run it.
+
+>>> from engine import Pipeline
+>>> from engine.connectors import MemorySink, MemorySource
+>>> from engine.schema_examples import Greeting
+>>> out, rejected = MemorySink(), MemorySink()
+>>> stats = (
+...     Pipeline("hello")
+...     .source(MemorySource([b'{"text": "Hi"}', b'{"text": "skip"}', b"not json"]))
+...     .decode(Greeting)
+...     .filter("text != 'skip'")
+...     .transform(set={"text": "lower(text)"})
+...     .output("out", out)
+...     .dead_letter("rejected", rejected)
+...     .run()
+... )
+>>> out.records(), len(rejected.values())
+([{'text': 'hi'}], 1)
+
+The same pipeline as YAML loads into the same `PipelineSpec` (see `engine.spec`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from engine.connectors import MemorySink, MemorySource, Sink, Source, open_sink, open_source
+from engine.errors import ConfigError
+from engine.operators.base import Step
+from engine.operators.decode import Decode, schema_path
+from engine.operators.dedup import Dedup
+from engine.operators.enrich import Enrich
+from engine.operators.filter import Filter
+from engine.operators.key_by import KeyBy
+from engine.operators.resequence import Resequence
+from engine.operators.route import Route
+from engine.operators.split import Split
+from engine.operators.transform import Transform, Translate
+from engine.operators.validate import Validate
+from engine.operators.window import SessionWindow, SlidingWindow, TumblingWindow
+from engine.plan import Plan, build_plan
+from engine.runners.local import LocalRunner, Progress, RunStats
+from engine.spec import MemorySinkSpec, MemorySourceSpec, PipelineSpec, SinkSpec, SourceSpec
+
+
+class Pipeline:
+    """A pipeline under construction; every method returns the pipeline to chain calls.
+
+    Sources and sinks are given as specs (`FileSourceSpec`, ...) or as live objects
+    (`MemorySource`, `MemorySink`, any `Source`/`Sink`); steps as keyword arguments of the
+    step's description, so each method takes exactly the fields the YAML form takes.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._source: SourceSpec | None = None
+        self._live_source: Source | None = None
+        self._steps: list[Step] = []
+        self._sinks: dict[str, SinkSpec] = {}
+        self._live_sinks: dict[str, Sink] = {}
+        self._dead_letter: str | None = None
+        self._output: str | None = None
+
+    @classmethod
+    def from_spec(cls, spec: PipelineSpec) -> Pipeline:
+        pipeline = cls(spec.name)
+        pipeline._source = spec.source
+        pipeline._steps = list(spec.steps)
+        pipeline._sinks = dict(spec.sinks)
+        pipeline._dead_letter, pipeline._output = spec.dead_letter, spec.output
+        return pipeline
+
+    # ---- where records come from and go -------------------------------------------------
+
+    def source(self, source: SourceSpec | Source) -> Pipeline:
+        if isinstance(source, msgspec.Struct):
+            self._source, self._live_source = source, None
+        else:
+            self._source, self._live_source = MemorySourceSpec(values=[]), source
+        return self
+
+    def sink(self, name: str, sink: SinkSpec | Sink) -> Pipeline:
+        if isinstance(sink, msgspec.Struct):
+            self._sinks[name] = sink
+        else:
+            self._sinks[name] = MemorySinkSpec()
+            self._live_sinks[name] = sink
+        return self
+
+    def output(self, name: str, sink: SinkSpec | Sink) -> Pipeline:
+        """Send the last step's main output to `sink`, registered as `name`."""
+        self._output = name
+        return self.sink(name, sink)
+
+    def dead_letter(self, name: str, sink: SinkSpec | Sink) -> Pipeline:
+        """Send every rejected record, with its reason and stage, to `sink`."""
+        self._dead_letter = name
+        return self.sink(name, sink)
+
+    # ---- steps --------------------------------------------------------------------------
+
+    def then(self, step: Step) -> Pipeline:
+        """Append a step description (any `Step`, including your own)."""
+        self._steps.append(step)
+        return self
+
+    def decode(self, schema: type[msgspec.Struct] | str, **options: Any) -> Pipeline:
+        path = schema if isinstance(schema, str) else schema_path(schema)
+        return self.then(Decode(schema=path, **options))
+
+    def key_by(self, **options: Any) -> Pipeline:
+        return self.then(KeyBy(**options))
+
+    def filter(self, where: str, **options: Any) -> Pipeline:
+        return self.then(Filter(where=where, **options))
+
+    def validate(self, rules: dict[str, str], **options: Any) -> Pipeline:
+        return self.then(Validate(rules=rules, **options))
+
+    def transform(self, **options: Any) -> Pipeline:
+        return self.then(Transform(**options))
+
+    def translate(self, mapping: dict[str, str], **options: Any) -> Pipeline:
+        return self.then(Translate(mapping=mapping, **options))
+
+    def route(self, by: str, routes: dict[str, str], **options: Any) -> Pipeline:
+        return self.then(Route(by=by, routes=routes, **options))
+
+    def split(self, field: str, **options: Any) -> Pipeline:
+        return self.then(Split(field=field, **options))
+
+    def dedup(self, **options: Any) -> Pipeline:
+        return self.then(Dedup(**options))
+
+    def tumbling_window(self, **options: Any) -> Pipeline:
+        return self.then(TumblingWindow(**options))
+
+    def sliding_window(self, **options: Any) -> Pipeline:
+        return self.then(SlidingWindow(**options))
+
+    def session_window(self, **options: Any) -> Pipeline:
+        return self.then(SessionWindow(**options))
+
+    def resequence(self, **options: Any) -> Pipeline:
+        return self.then(Resequence(**options))
+
+    def enrich(self, **options: Any) -> Pipeline:
+        return self.then(Enrich(**options))
+
+    # ---- using it -----------------------------------------------------------------------
+
+    def spec(self) -> PipelineSpec:
+        """The pipeline as data: the same object its YAML form loads into."""
+        if self._source is None:
+            raise ConfigError(f"pipeline {self.name!r}: no source")
+        if self._dead_letter is None:
+            raise ConfigError(
+                f"pipeline {self.name!r}: no dead_letter sink (rejected records must go somewhere)"
+            )
+        try:
+            return msgspec.convert(
+                {
+                    "name": self.name,
+                    "source": self._source,
+                    "steps": self._steps,
+                    "sinks": self._sinks,
+                    "dead_letter": self._dead_letter,
+                    "output": self._output,
+                },
+                PipelineSpec,
+                from_attributes=True,
+            )
+        except msgspec.ValidationError as error:
+            raise ConfigError(f"pipeline {self.name!r}: {error}") from error
+
+    def plan(self) -> Plan:
+        return build_plan(self.spec())
+
+    def run(self, progress: Progress | None = None) -> RunStats:
+        """Run on the local runner until the source ends."""
+        plan = self.plan()
+        source = self._live_source or open_source(plan.spec.source)
+        sinks = {
+            name: self._live_sinks.get(name) or open_sink(spec)
+            for name, spec in plan.spec.sinks.items()
+        }
+        return LocalRunner(plan, source, sinks, progress).run()
+
+
+__all__ = ["MemorySink", "MemorySource", "Pipeline"]

@@ -1,0 +1,1 @@
+"""Plan rewrites, one rule per module, each `apply(plan) -> plan`."""

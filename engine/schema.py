@@ -1,0 +1,431 @@
+"""Message schemas: msgspec Structs as the one way to declare a message's shape and rules.
+
+A schema is declared once as a `msgspec.Struct` (types, `Literal` choices, `Meta` bounds and
+patterns) and compiled here into a `Schema`: the polars/Arrow dtypes of its columns, the
+vectorised rule checks that the hot path runs over whole columns, and a per-record checker
+that gives the exact reason for the rare bad record. Both kinds of check implement the same
+rules; the property tests hold them to agreeing.
+
+JSON typing rules are strict, as an integration hub needs them to be:
+
+- `int` accepts a JSON integer only (not a float, not a boolean);
+- `float` accepts a JSON number written with a fraction or exponent (``1.5``, ``2e3``), not
+  an integer; declare `int | float` to accept any number;
+- `str` accepts a JSON string only, never a number or boolean spelled as text;
+- a field without a default must be present; `T | None` also admits an explicit null.
+
+Example:
+
+>>> from engine.schema_examples import Order  # id: pattern; amount: float ≥ 0; status: Literal
+>>> schema = Schema.of(Order)
+>>> schema.polars_schema()
+Schema([('id', String), ('amount', Float64), ('status', String)])
+>>> schema.check({"id": "o-1", "amount": 5, "status": "new"})
+'amount: expected a number with a fraction, got int'
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import msgspec.inspect as mi
+import polars as pl
+
+from engine.errors import SchemaError
+
+# Texts polars makes of a non-string JSON value read into a String column; a `str` field
+# whose pattern could accept one of them needs the text check (see `Schema.strings_ok`).
+_COERCED_SCALAR_TEXTS = ("0", "1", "-1", "1.5", "1e5", "true", "false", "{}", "[]")
+_COERCED_TEXT = r"^(?:-?[0-9]|true$|false$|\{|\[)"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One field of a schema: its JSON kind, dtype, rules and, for containers, children."""
+
+    name: str
+    kind: str  # "str", "int", "float", "number", "bool", "literal", "struct", "list"
+    required: bool = True
+    nullable: bool = False
+    choices: tuple[Any, ...] = ()
+    pattern: str | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    children: tuple[Node, ...] = ()
+    item: Node | None = None
+    _regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def dtype(self) -> pl.DataType:
+        if self.kind in ("str",):
+            return pl.String()
+        if self.kind == "literal":
+            return pl.String() if isinstance(self.choices[0], str) else pl.Int64()
+        if self.kind == "int":
+            return pl.Int64()
+        if self.kind in ("float", "number"):
+            return pl.Float64()
+        if self.kind == "bool":
+            return pl.Boolean()
+        if self.kind == "struct":
+            return pl.Struct({child.name: child.dtype for child in self.children})
+        assert self.item is not None
+        return pl.List(self.item.dtype)
+
+    def needs_text_check(self) -> bool:
+        """Whether a number or boolean coerced to text by the columnar reader could pass."""
+        if self.kind != "str":
+            return False
+        if self.pattern is None:
+            return True
+        return any(re.search(self.pattern, text) for text in _COERCED_SCALAR_TEXTS)
+
+
+class Schema:
+    """A compiled message schema: columns, vectorised checks and a per-record checker."""
+
+    def __init__(self, struct_type: type[msgspec.Struct]) -> None:
+        info = mi.type_info(struct_type)
+        if not isinstance(info, mi.StructType):
+            raise SchemaError(f"a schema must be a msgspec.Struct, got {struct_type!r}")
+        self.struct_type = struct_type
+        self.name = struct_type.__name__
+        self.fields: tuple[Node, ...] = tuple(
+            _node(f.name, f.type, f.required) for f in info.fields
+        )
+
+    @classmethod
+    def of(cls, struct_type: type[msgspec.Struct]) -> Schema:
+        """Compile `struct_type`; compiled schemas are cached, as steps share them."""
+        cached = _CACHE.get(struct_type)
+        if cached is None:
+            cached = _CACHE[struct_type] = cls(struct_type)
+        return cached
+
+    def _walk(self, nodes: tuple[Node, ...] | None = None) -> Iterator[Node]:
+        for node in self.fields if nodes is None else nodes:
+            yield node
+            yield from self._walk(node.children)
+
+    def polars_schema(self) -> pl.Schema:
+        return pl.Schema({node.name: node.dtype for node in self.fields})
+
+    def arrow_schema(self) -> Any:
+        return pl.DataFrame(schema=self.polars_schema()).to_arrow().schema
+
+    @property
+    def screenable(self) -> bool:
+        """Whether a record's key count follows from its decoded columns (no list of structs)."""
+        return not any(
+            node.kind == "list" and node.item is not None and node.item.kind == "struct"
+            for node in self._walk()
+        )
+
+    # ---- vectorised checks, for the hot path -------------------------------------------
+
+    def key_count(self) -> pl.Expr:
+        """Per row, how many keys the decoded columns account for (non-null fields)."""
+        return pl.sum_horizontal(*_present_counts(self.fields, None)).cast(pl.Int32)
+
+    def valid(self) -> pl.Expr:
+        """True where a decoded row satisfies every rule, for rows the fast reader decoded.
+
+        The columnar reader reads an integer into a float column: `integral_floats` finds
+        the rows where that may have happened.
+        """
+        return pl.all_horizontal(*_checks(self.fields, None)).fill_null(False)
+
+    def integral_floats(self) -> list[tuple[str, pl.Expr]]:
+        """Per `float` field: its name and an expression true where its value is integral.
+
+        Only there may the JSON have held an integer (which `float` rejects); the codec
+        looks at the raw text of those few rows. A name that occurs twice in the schema
+        cannot be told apart in the text, so its rows all count as integral.
+        """
+        names = Counter(node.name for node in self._walk())
+        return [
+            (
+                node.name,
+                (column.floor() == column) if names[node.name] == 1 else column.is_not_null(),
+            )
+            for node, column in self._nodes()
+            if node.kind == "float"
+        ]
+
+    def strings_ok(self) -> pl.Expr:
+        """False where a string field's text may be a number, boolean, object or array
+        that the columnar reader turned into text (it does so silently).
+
+        Such a row goes to the per-record checker, which sees the JSON types; a genuine
+        string that merely looks like one (`"5"`) is accepted there.
+        """
+        checks = [
+            ~column.str.contains(_COERCED_TEXT)
+            for node, column in self._nodes()
+            if node.needs_text_check()
+        ]
+        return pl.all_horizontal(*checks).fill_null(True) if checks else pl.lit(True)
+
+    def _nodes(self) -> Iterator[tuple[Node, pl.Expr]]:
+        """Every field outside lists, with the expression selecting its column."""
+
+        def walk(nodes: tuple[Node, ...], parent: pl.Expr | None) -> Iterator[tuple[Node, pl.Expr]]:
+            for node in nodes:
+                column = _column(node, parent)
+                yield node, column
+                yield from walk(node.children, column)
+
+        return walk(self.fields, None)
+
+    # ---- per-record checker, for the rare bad record ------------------------------------
+
+    def check(self, value: Any) -> str | None:
+        """The reason `value` (a decoded JSON value) breaks the schema, or None if it fits."""
+        if not isinstance(value, dict):
+            return f"value: expected a JSON object, got {_json_type(value)}"
+        return _check_object(self.fields, value, "")
+
+    def row(self, value: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Split a valid record into its schema columns and its other fields (or None)."""
+        return _split_known(self.fields, value)
+
+
+_CACHE: dict[type, Schema] = {}
+
+
+def _node(name: str, t: mi.Type, required: bool) -> Node:
+    nullable = False
+    if isinstance(t, mi.UnionType):
+        members = [m for m in t.types if not isinstance(m, mi.NoneType)]
+        nullable = len(members) < len(t.types)
+        kinds = {type(m) for m in members}
+        if kinds == {mi.IntType, mi.FloatType}:
+            return Node(name, "number", required, nullable)
+        if len(members) != 1:
+            raise SchemaError(
+                f"field {name!r}: unions other than `T | None` and `int | float` "
+                f"are not supported, got {t}"
+            )
+        t = members[0]
+    if isinstance(t, mi.StrType):
+        regex = re.compile(t.pattern) if t.pattern else None
+        return Node(
+            name,
+            "str",
+            required,
+            nullable,
+            pattern=t.pattern,
+            min_length=t.min_length,
+            max_length=t.max_length,
+            _regex=regex,
+        )
+    if isinstance(t, mi.IntType | mi.FloatType):
+        kind = "int" if isinstance(t, mi.IntType) else "float"
+        return Node(name, kind, required, nullable, ge=t.ge, gt=t.gt, le=t.le, lt=t.lt)
+    if isinstance(t, mi.BoolType):
+        return Node(name, "bool", required, nullable)
+    if isinstance(t, mi.LiteralType):
+        if len({type(v) for v in t.values}) != 1:
+            raise SchemaError(f"field {name!r}: Literal values must share one type, got {t.values}")
+        return Node(name, "literal", required, nullable, choices=tuple(t.values))
+    if isinstance(t, mi.StructType):
+        children = tuple(_node(f.name, f.type, f.required) for f in t.fields)
+        return Node(name, "struct", required, nullable, children=children)
+    if isinstance(t, mi.ListType):
+        return Node(
+            name,
+            "list",
+            required,
+            nullable,
+            item=_node("item", t.item_type, True),
+            min_length=t.min_length,
+            max_length=t.max_length,
+        )
+    raise SchemaError(f"field {name!r}: type {t} is not supported in a message schema")
+
+
+def _column(node: Node, parent: pl.Expr | None) -> pl.Expr:
+    return pl.col(node.name) if parent is None else parent.struct.field(node.name)
+
+
+def _present_counts(nodes: tuple[Node, ...], parent: pl.Expr | None) -> Iterator[pl.Expr]:
+    for node in nodes:
+        column = _column(node, parent)
+        yield column.is_not_null().cast(pl.Int32)
+        if node.kind == "struct":
+            yield from _present_counts(node.children, column)
+
+
+def _checks(nodes: tuple[Node, ...], parent: pl.Expr | None) -> Iterator[pl.Expr]:
+    for node in nodes:
+        column = _column(node, parent)
+        rules = list(_value_rules(node, column))
+        if rules:
+            ok = pl.all_horizontal(*rules)
+            # a null is fine only where the field may be absent or null
+            yield ok if node.required and not node.nullable else ok | column.is_null()
+        else:
+            yield column.is_not_null() if node.required and not node.nullable else pl.lit(True)
+        if node.kind == "struct":
+            nested = list(_checks(node.children, column))
+            if nested:
+                yield column.is_null() | pl.all_horizontal(*nested)
+
+
+def _value_rules(node: Node, column: pl.Expr) -> Iterator[pl.Expr]:
+    """Checks that a non-null value satisfies; each is null where the value is null."""
+    if node.kind in ("int", "float", "number"):
+        if node.kind == "float":
+            yield column.is_finite()
+        if node.ge is not None:
+            yield column >= node.ge
+        if node.gt is not None:
+            yield column > node.gt
+        if node.le is not None:
+            yield column <= node.le
+        if node.lt is not None:
+            yield column < node.lt
+    elif node.kind == "str":
+        if node.pattern is not None:
+            yield column.str.contains(node.pattern)
+        if node.min_length is not None:
+            yield column.str.len_chars() >= node.min_length
+        if node.max_length is not None:
+            yield column.str.len_chars() <= node.max_length
+    elif node.kind == "literal":
+        yield column.is_in(list(node.choices))
+    elif node.kind == "list":
+        assert node.item is not None
+        item_rules = list(_value_rules(node.item, pl.element()))
+        if not node.item.nullable:
+            item_rules.append(pl.element().is_not_null())
+        if item_rules:
+            yield column.list.eval(pl.all_horizontal(*item_rules)).list.all()
+        if node.min_length is not None:
+            yield column.list.len() >= node.min_length
+        if node.max_length is not None:
+            yield column.list.len() <= node.max_length
+    elif node.kind == "struct":
+        yield column.is_not_null()
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    return {int: "int", float: "float", str: "str", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _check_object(nodes: tuple[Node, ...], value: dict[str, Any], prefix: str) -> str | None:
+    for node in nodes:
+        path = f"{prefix}{node.name}"
+        if node.name not in value:
+            if node.required:
+                return f"{path}: missing"
+            continue
+        reason = _check_value(node, value[node.name], path)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _check_value(node: Node, value: Any, path: str) -> str | None:
+    if value is None:
+        return None if node.nullable else f"{path}: expected {_expected(node)}, got null"
+    kind = node.kind
+    if kind == "str" or (kind == "literal" and isinstance(node.choices[0], str)):
+        if not isinstance(value, str):
+            return f"{path}: expected {_expected(node)}, got {_json_type(value)}"
+    elif kind in ("int", "float", "number") or kind == "literal":
+        wanted = {"int": (int,), "float": (float,), "number": (int, float)}.get(kind, (int,))
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            return f"{path}: expected {_expected(node)}, got {_json_type(value)}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{path}: expected a finite number, got {value}"
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            return f"{path}: {value} is out of the 64-bit integer range"
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            return f"{path}: expected a boolean, got {_json_type(value)}"
+    elif kind == "struct":
+        if not isinstance(value, dict):
+            return f"{path}: expected an object, got {_json_type(value)}"
+        return _check_object(node.children, value, f"{path}.")
+    elif kind == "list":
+        if not isinstance(value, list):
+            return f"{path}: expected an array, got {_json_type(value)}"
+        assert node.item is not None
+        for index, item in enumerate(value):
+            reason = _check_value(node.item, item, f"{path}[{index}]")
+            if reason is not None:
+                return reason
+    return _check_bounds(node, value, path)
+
+
+def _check_bounds(node: Node, value: Any, path: str) -> str | None:
+    if node.kind == "literal" and value not in node.choices:
+        choices = ", ".join(map(str, node.choices))
+        return f"{path}: {value!r} is not one of {choices}"
+    if node.ge is not None and value < node.ge:
+        return f"{path}: {value} is below the minimum {node.ge}"
+    if node.gt is not None and value <= node.gt:
+        return f"{path}: {value} is not above {node.gt}"
+    if node.le is not None and value > node.le:
+        return f"{path}: {value} is above the maximum {node.le}"
+    if node.lt is not None and value >= node.lt:
+        return f"{path}: {value} is not below {node.lt}"
+    if node._regex is not None and not node._regex.search(value):
+        return f"{path}: {value!r} does not match {node.pattern}"
+    if node.min_length is not None and len(value) < node.min_length:
+        return f"{path}: length {len(value)} is below the minimum {node.min_length}"
+    if node.max_length is not None and len(value) > node.max_length:
+        return f"{path}: length {len(value)} is above the maximum {node.max_length}"
+    return None
+
+
+def _expected(node: Node) -> str:
+    return {
+        "str": "a string",
+        "int": "an integer",
+        "float": "a number with a fraction",
+        "number": "a number",
+        "bool": "a boolean",
+        "literal": "one of " + ", ".join(map(str, node.choices)),
+        "struct": "an object",
+        "list": "an array",
+    }[node.kind]
+
+
+def _split_known(
+    nodes: tuple[Node, ...], value: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    known: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    by_name = {node.name: node for node in nodes}
+    for name, item in value.items():
+        node = by_name.get(name)
+        if node is None:
+            extra[name] = item
+        elif node.kind == "struct" and isinstance(item, dict):
+            known[name], nested = _split_known(node.children, item)
+            if nested is not None:
+                extra[name] = nested
+        else:
+            known[name] = item
+            if item is None:
+                # an explicit null is kept apart from an absent field so it is written back
+                extra[name] = None
+    return known, extra or None

@@ -1,0 +1,1 @@
+"""Pipelines shipped with Conflux: W1, the reference workload, and examples."""
