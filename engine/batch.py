@@ -62,8 +62,10 @@ def data_columns(frame: pl.DataFrame) -> list[str]:
     return [name for name in frame.columns if not name.startswith("_")]
 
 
-def dead_letters(rejected: pl.DataFrame, reason: pl.Expr | str, stage: str) -> pl.DataFrame:
-    """Shape rejected rows as dead letters; the reason may be a column expression."""
+def dead_letters(
+    rejected: pl.DataFrame, reason: pl.Expr | pl.Series | str, stage: str
+) -> pl.DataFrame:
+    """Shape rejected rows (which hold `_raw`) as dead letters; one reason or one per row."""
     reason_expr = pl.lit(reason) if isinstance(reason, str) else reason
     return rejected.select(
         reason_expr.cast(pl.String).alias(REASON),

@@ -37,12 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     with console.status("generating W1 input (5 % redeliveries, 1 % bad)"):
         write_ndjson(generate(arguments.count, seed=7), input_path)
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("running W1", total=arguments.count)
         stats = w1(
-            FileSourceSpec(path=str(input_path)), file_sinks(str(output_dir)),
+            FileSourceSpec(path=str(input_path)),
+            file_sinks(str(output_dir)),
             partition_by_key=True,
         ).run(progress=lambda count: progress.advance(task, count))
 
@@ -53,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(topic, f"{rows:,}")
     console.print(table)
     rate = stats.messages / stats.wall_seconds
-    console.print(f"throughput: [bold]{rate:,.0f} msg/s[/] ({stats.messages:,} messages in "
-                  f"{stats.wall_seconds:.2f} s wall, {stats.cpu_seconds:.2f} s CPU)")
+    console.print(
+        f"throughput: [bold]{rate:,.0f} msg/s[/] ({stats.messages:,} messages in "
+        f"{stats.wall_seconds:.2f} s wall, {stats.cpu_seconds:.2f} s CPU)"
+    )
     breakdown = ", ".join(f"{stage} {ns:,.0f}" for stage, ns in stats.breakdown().items())
     console.print(f"ns per message by stage: {breakdown}")
 
@@ -68,10 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         for line in differences[:20]:
             console.print(f"  {line}")
         return 1
-    console.print(f"correctness: [bold green]every topic equals the reference[/] "
-                  f"(reference took {reference_seconds:.1f} s, "
-                  f"{stats.wall_seconds and reference_seconds / stats.wall_seconds:.1f}× the "
-                  f"engine's time)")
+    console.print(
+        f"correctness: [bold green]every topic equals the reference[/] "
+        f"(reference took {reference_seconds:.1f} s, "
+        f"{stats.wall_seconds and reference_seconds / stats.wall_seconds:.1f}× the "
+        f"engine's time)"
+    )
     return 0
 
 

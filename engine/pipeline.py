@@ -102,8 +102,18 @@ class Pipeline:
     # ---- steps --------------------------------------------------------------------------
 
     def then(self, step: Step) -> Pipeline:
-        """Append a step description (any `Step`, including your own)."""
-        self._steps.append(step)
+        """Append a step description (any `Step`, including your own).
+
+        The step is checked as its YAML form would be (bounds such as `size_ms > 0`
+        included), so both forms reject the same mistakes with the same messages.
+        """
+        try:
+            checked = msgspec.convert(msgspec.to_builtins(step), type(step))
+        except msgspec.ValidationError as error:
+            raise ConfigError(
+                f"pipeline {self.name!r}: steps[{len(self._steps)}] ({step.op}): {error}"
+            ) from error
+        self._steps.append(checked)
         return self
 
     def decode(self, schema: type[msgspec.Struct] | str, **options: Any) -> Pipeline:

@@ -10,9 +10,9 @@ from typing import Annotated
 import msgspec
 import polars as pl
 
-from engine.batch import dead_letters
 from engine.errors import ConfigError
 from engine.operators.base import DEAD_LETTER, MAIN, Outputs, Step, require_fields
+from engine.operators.deadletter import reject
 
 _MATCHED = "_enrich_matched"
 _FORMATS = (".parquet", ".csv")
@@ -150,7 +150,7 @@ class Enrich(Step, frozen=True, tag="enrich"):
             return {MAIN: joined.drop(_MATCHED)}
         return {
             MAIN: joined.filter(matched).drop(_MATCHED),
-            DEAD_LETTER: dead_letters(
+            DEAD_LETTER: reject(
                 joined.filter(~matched), self._no_match_reason(), self.name or self.op
             ),
         }

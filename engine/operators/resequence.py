@@ -26,8 +26,9 @@ from typing import Annotated, ClassVar
 import msgspec
 import polars as pl
 
-from engine.batch import PARTITION, dead_letters
+from engine.batch import PARTITION
 from engine.operators.base import DEAD_LETTER, MAIN, Outputs, Step, column, require_fields
+from engine.operators.deadletter import reject
 
 # Snapshot columns besides the held rows' own; envelope-style names cannot clash with fields.
 RECORD = "_record"  # "held", "key" or "partition": which kind of state a snapshot row is
@@ -378,7 +379,7 @@ class Resequence(Step, frozen=True, tag="resequence"):
             ],
             how="diagonal_relaxed",
         ).sort(_ARRIVAL)
-        return dead_letters(rejected, pl.col(_REASON), self.name or self.op)
+        return reject(rejected, pl.col(_REASON), self.name or self.op)
 
 
 def _key(index: int) -> str:

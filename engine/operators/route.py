@@ -7,8 +7,8 @@ from typing import Any
 import msgspec
 import polars as pl
 
-from engine.batch import dead_letters
 from engine.operators.base import DEAD_LETTER, MAIN, Outputs, Step, column, require_fields
+from engine.operators.deadletter import reject
 
 
 class Route(Step, tag="route"):
@@ -62,7 +62,7 @@ class Route(Step, tag="route"):
                 reasons = pl.concat_str(
                     pl.lit(f"no route for {self.by}='"), pl.lit(value), pl.lit("'")
                 ).fill_null(f"no route for {self.by}=null")
-                outputs[DEAD_LETTER] = dead_letters(
+                outputs[DEAD_LETTER] = reject(
                     batch.filter(unrouted),
                     batch.select(reasons).to_series().filter(unrouted),
                     self.name or self.op,

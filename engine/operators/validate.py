@@ -7,8 +7,8 @@ from typing import Any
 import msgspec
 import polars as pl
 
-from engine.batch import dead_letters
 from engine.operators.base import DEAD_LETTER, MAIN, Outputs, Step, sql
+from engine.operators.deadletter import reject
 
 
 class Validate(Step, tag="validate"):
@@ -57,5 +57,5 @@ class Validate(Step, tag="validate"):
         reasons = verdicts["reason"].filter(~ok)
         return {
             MAIN: batch.filter(ok),
-            DEAD_LETTER: dead_letters(rejected, reasons, self.name or self.op),
+            DEAD_LETTER: reject(rejected, reasons, self.name or self.op),
         }

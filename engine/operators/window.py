@@ -38,9 +38,9 @@ from typing import Annotated, ClassVar
 import msgspec
 import polars as pl
 
-from engine.batch import KEY, PARTITION, RAW, dead_letters
-from engine.codec import encode_json
+from engine.batch import KEY, PARTITION
 from engine.operators.base import DEAD_LETTER, MAIN, Outputs, Step, column, require_fields
+from engine.operators.deadletter import reject
 
 LATE_REASON = "late event: window already closed"
 WINDOW_START = "window_start"
@@ -328,10 +328,7 @@ class _Window(Step, frozen=True, kw_only=True):
         )
 
     def _rejected(self, rows: pl.DataFrame, reason: str) -> pl.DataFrame:
-        if RAW not in rows.columns:
-            # Decoded rows no longer hold their raw value: re-encode it so nothing is lost.
-            rows = rows.with_columns(encode_json(rows).cast(pl.Binary).alias(RAW))
-        return dead_letters(rows, reason, self.name or self.op)
+        return reject(rows, reason, self.name or self.op)
 
     # What differs between window kinds.
 
