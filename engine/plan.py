@@ -42,7 +42,8 @@ class Plan:
 
     def describe(self) -> str:
         """A readable listing of the stages, their steps and where outputs go."""
-        lines = [f"pipeline {self.spec.name}: source {self.spec.source.type}"]
+        source = type(self.spec.source).__struct_config__.tag
+        lines = [f"pipeline {self.spec.name}: source {source}"]
         for number, stage in enumerate(self.stages, 1):
             kind = (
                 f"stateful, keyed by {', '.join(stage.keyed_by)}" if stage.stateful else "stateless"

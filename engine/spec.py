@@ -135,17 +135,20 @@ _Yaml12Loader.add_implicit_resolver(
     list("tTfF"),
 )
 
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def expand_variables(text: str, source: str) -> str:
-    """Replace `${NAME}` by the environment variable NAME; an unset one is an error."""
+    """Replace `${NAME}` by the environment variable NAME, `${NAME:-default}` likewise with
+    a default; an unset variable without a default is an error naming it."""
 
     def value(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in os.environ:
-            raise ConfigError(f"{source}: environment variable {name} is not set")
-        return os.environ[name]
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{source}: environment variable {name} is not set")
 
     return _VARIABLE.sub(value, text)
 
