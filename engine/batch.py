@@ -9,6 +9,7 @@ with them and encoders can leave them out:
 - `_partition` (Int32): the partition the message came from, or was assigned to.
 - `_offset` (Int64): the message's position in its partition (or line number in a file).
 - `_timestamp` (Int64, nullable): broker timestamp in epoch milliseconds.
+- `_headers` (List of Struct{key: String, value: Binary}, nullable): message headers.
 - `_extra` (String, nullable): JSON object of the fields the schema does not declare,
   carried through unchanged and merged back when the record is encoded.
 - `_reason`, `_stage` (String): on dead-letter batches, why and where a record failed.
@@ -23,12 +24,20 @@ KEY = "_key"
 PARTITION = "_partition"
 OFFSET = "_offset"
 TIMESTAMP = "_timestamp"
+HEADERS = "_headers"
 EXTRA = "_extra"
 REASON = "_reason"
 STAGE = "_stage"
 
+HEADER_DTYPE = pl.List(pl.Struct({"key": pl.String(), "value": pl.Binary()}))
 ENVELOPE_SCHEMA = pl.Schema(
-    {KEY: pl.Binary(), PARTITION: pl.Int32(), OFFSET: pl.Int64(), TIMESTAMP: pl.Int64()}
+    {
+        KEY: pl.Binary(),
+        PARTITION: pl.Int32(),
+        OFFSET: pl.Int64(),
+        TIMESTAMP: pl.Int64(),
+        HEADERS: HEADER_DTYPE,
+    }
 )
 DEAD_LETTER_SCHEMA = pl.Schema(
     {REASON: pl.String(), STAGE: pl.String(), RAW: pl.Binary(), **ENVELOPE_SCHEMA}
@@ -41,6 +50,7 @@ def raw_batch(
     keys: list[bytes | None] | None = None,
     partitions: list[int] | None = None,
     offsets: list[int] | None = None,
+    headers: list[list[tuple[str, bytes]] | None] | None = None,
 ) -> pl.DataFrame:
     """Build an undecoded batch from message values (tests and in-memory sources)."""
     count = len(values)
@@ -53,6 +63,14 @@ def raw_batch(
             ),
             OFFSET: pl.Series(OFFSET, offsets if offsets is not None else range(count), pl.Int64()),
             TIMESTAMP: pl.Series(TIMESTAMP, [None] * count, pl.Int64()),
+            HEADERS: pl.Series(
+                HEADERS,
+                [
+                    None if pairs is None else [{"key": k, "value": v} for k, v in pairs]
+                    for pairs in (headers if headers is not None else [None] * count)
+                ],
+                HEADER_DTYPE,
+            ),
         }
     )
 

@@ -93,9 +93,12 @@ class JsonCodec:
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
         self._polars_schema = schema.polars_schema()
+        self._read_schema = schema.read_schema()
+        self._conversions = schema.conversions()
         self._valid = schema.valid()
         self._key_count = schema.key_count()
         self._strings_ok = schema.strings_ok()
+        self._list_items_ok = schema.list_items_ok()
         self._integral_floats = schema.integral_floats()
         self._screenable = schema.screenable
 
@@ -110,14 +113,20 @@ class JsonCodec:
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
         screen = _screen(values)
-        decoded = self._read(values, screen.complete)
+        decoded, readable = self._read(values, screen.complete)
+        if self._conversions:
+            decoded = decoded.with_columns(self._conversions)
+        # The reader decodes `\u` escapes more leniently than JSON (a lone surrogate passes)
+        # and an escaped field name hides from `_drop_integer_tokens`: such rows go slowly.
+        readable &= ~batch[RAW].bin.contains(b"\\u").fill_null(True).to_numpy()
         proven = decoded.select(
-            pl.lit(pl.Series(screen.complete))
+            pl.lit(pl.Series(readable))
             & self._valid
             & (self._key_count == pl.lit(pl.Series(screen.colons)))
         ).to_series()
         if self._screenable:
             proven = proven & decoded.select(self._strings_ok).to_series()
+            proven = proven & decoded.select(self._list_items_ok).to_series()
             proven = self._drop_integer_tokens(batch, decoded, proven)
         else:
             proven = proven & False
@@ -153,40 +162,49 @@ class JsonCodec:
             proven = proven.scatter(suspects.filter(as_integer), False)
         return proven
 
-    def _read(self, values: pa.LargeBinaryArray, complete: np.ndarray) -> pl.DataFrame:
-        """Read the screened values in one call; an unscreened row becomes all nulls."""
+    def _read(
+        self, values: pa.LargeBinaryArray, complete: np.ndarray
+    ) -> tuple[pl.DataFrame, np.ndarray]:
+        """Read the screened values in one call; an unscreened row becomes all nulls.
+
+        Also returns, per value, whether it was screened and read: the nulls of a value the
+        reader rejected would otherwise pass for `{}` when every field is optional.
+        """
         masked = pc.if_else(pa.array(complete), values, _EMPTY_OBJECT)
         lines = pc.binary_join_element_wise(masked, _NOTHING, _NEWLINE)
         offsets = np.frombuffer(lines.buffers()[1], np.int64, len(lines) + 1, lines.offset * 8)
         buffer = memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]]
         try:
-            return pl.read_ndjson(
-                io.BytesIO(buffer), schema=self._polars_schema, ignore_errors=True
-            )
+            frame = pl.read_ndjson(io.BytesIO(buffer), schema=self._read_schema, ignore_errors=True)
+            return frame, complete.copy()
         except pl.exceptions.ComputeError:
             # A value passed the screen but is not JSON the reader accepts (the screen is a
             # cheap necessary condition): read in parts so only the failing part is lost.
-            return self._read_in_parts(masked)
+            frame, read = self._read_in_parts(masked)
+            return frame, complete & read
 
-    def _read_in_parts(self, masked: pa.LargeBinaryArray) -> pl.DataFrame:
+    def _read_in_parts(self, masked: pa.LargeBinaryArray) -> tuple[pl.DataFrame, np.ndarray]:
         if len(masked) <= 16:
-            return pl.DataFrame(
-                [self._read_one(value) for value in masked.to_pylist()],
-                schema=self._polars_schema,
-                orient="row",
-            )
+            rows = [self._read_one(value) for value in masked.to_pylist()]
+            frame = pl.DataFrame([row for row, _ in rows], schema=self._read_schema, orient="row")
+            return frame, np.array([read for _, read in rows], bool)
         middle = len(masked) // 2
-        halves = (masked.slice(0, middle), masked.slice(middle))
-        return pl.concat([self._read(half, np.ones(len(half), bool)) for half in halves])
+        halves = [
+            self._read(half, np.ones(len(half), bool))
+            for half in (masked.slice(0, middle), masked.slice(middle))
+        ]
+        return (
+            pl.concat([frame for frame, _ in halves]),
+            np.concatenate([read for _, read in halves]),
+        )
 
-    def _read_one(self, value: bytes) -> tuple[Any, ...]:
+    def _read_one(self, value: bytes) -> tuple[tuple[Any, ...], bool]:
+        unread = (None,) * len(self._read_schema)
         try:
-            frame = pl.read_ndjson(
-                io.BytesIO(value), schema=self._polars_schema, ignore_errors=True
-            )
+            frame = pl.read_ndjson(io.BytesIO(value), schema=self._read_schema, ignore_errors=True)
         except pl.exceptions.ComputeError:
-            return (None,) * len(self._polars_schema)
-        return frame.row(0) if frame.height == 1 else (None,) * len(self._polars_schema)
+            return unread, False
+        return (frame.row(0), True) if frame.height == 1 else (unread, False)
 
     def _decode_slowly(
         self, batch: pl.DataFrame, envelope: pl.DataFrame, rows: pl.Series, stage: str

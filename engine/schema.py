@@ -31,6 +31,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -39,10 +40,12 @@ import polars as pl
 
 from engine.errors import SchemaError
 
-# Texts polars makes of a non-string JSON value read into a String column; a `str` field
-# whose pattern could accept one of them needs the text check (see `Schema.strings_ok`).
-_COERCED_SCALAR_TEXTS = ("0", "1", "-1", "1.5", "1e5", "true", "false", "{}", "[]")
+# Texts polars makes of a non-string JSON value read into a String column start like this; a
+# `str` field whose rules could accept one needs the text check (see `Schema.strings_ok`).
 _COERCED_TEXT = r"^(?:-?[0-9]|true$|false$|\{|\[)"
+# A pattern whose every match starts with a letter no such text starts with (not t or f, and
+# not optional), as `^evt-[0-9]{9}$` does, rejects them all; any other pattern might not.
+_LETTER_FIRST = re.compile(r"\^[A-Za-eg-su-z](?![?*{])")
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class Node:
     """One field of a schema: its JSON kind, dtype, rules and, for containers, children."""
 
     name: str
-    kind: str  # "str", "int", "float", "number", "bool", "literal", "struct", "list"
+    kind: str  # "str", "int", "float", "number", "bool", "literal", "datetime", "struct", "list"
     required: bool = True
     nullable: bool = False
     choices: tuple[Any, ...] = ()
@@ -77,18 +80,44 @@ class Node:
             return pl.Float64()
         if self.kind == "bool":
             return pl.Boolean()
+        if self.kind == "datetime":
+            return pl.Datetime("us", "UTC")
         if self.kind == "struct":
             return pl.Struct({child.name: child.dtype for child in self.children})
         assert self.item is not None
         return pl.List(self.item.dtype)
 
+    @property
+    def read_dtype(self) -> pl.DataType:
+        """The dtype the JSON reader fills: date-times arrive as text, converted after."""
+        if self.kind == "datetime":
+            return pl.String()
+        if self.kind == "struct":
+            return pl.Struct({child.name: child.read_dtype for child in self.children})
+        if self.kind == "list":
+            assert self.item is not None
+            return pl.List(self.item.read_dtype)
+        return self.dtype
+
+    @property
+    def has_datetime(self) -> bool:
+        if self.kind == "datetime":
+            return True
+        return any(child.has_datetime for child in self.children) or (
+            self.item is not None and self.item.has_datetime
+        )
+
     def needs_text_check(self) -> bool:
         """Whether a number or boolean coerced to text by the columnar reader could pass."""
+        if self.kind == "literal":
+            return isinstance(self.choices[0], str) and any(
+                re.search(_COERCED_TEXT, choice) for choice in self.choices
+            )
         if self.kind != "str":
             return False
-        if self.pattern is None:
+        if self.pattern is None or "|" in self.pattern:
             return True
-        return any(re.search(self.pattern, text) for text in _COERCED_SCALAR_TEXTS)
+        return not _LETTER_FIRST.match(self.pattern)
 
 
 class Schema:
@@ -119,6 +148,19 @@ class Schema:
 
     def polars_schema(self) -> pl.Schema:
         return pl.Schema({node.name: node.dtype for node in self.fields})
+
+    def read_schema(self) -> pl.Schema:
+        """The dtypes the columnar JSON reader fills (date-times as text)."""
+        return pl.Schema({node.name: node.read_dtype for node in self.fields})
+
+    def conversions(self) -> list[pl.Expr]:
+        """Expressions turning read columns into the schema's dtypes (date-time text → UTC
+        datetimes; text that does not parse as RFC 3339 becomes null, for the checker)."""
+        return [
+            _converted(node, pl.col(node.name)).alias(node.name)
+            for node in self.fields
+            if node.has_datetime
+        ]
 
     def arrow_schema(self) -> Any:
         return pl.DataFrame(schema=self.polars_schema()).to_arrow().schema
@@ -173,6 +215,19 @@ class Schema:
             ~column.str.contains(_COERCED_TEXT)
             for node, column in self._nodes()
             if node.needs_text_check()
+        ]
+        return pl.all_horizontal(*checks).fill_null(True) if checks else pl.lit(True)
+
+    def list_items_ok(self) -> pl.Expr:
+        """False where a list item may be a value the columnar reader coerced: text it made
+        of a non-string, or a float it read from a JSON integer (which `float` rejects).
+
+        Such a row goes to the per-record checker; a genuine `1.0` is accepted there.
+        """
+        checks = [
+            ~suspect
+            for node, column in self._nodes()
+            if node.kind == "list" and (suspect := _coerced(node, column)) is not None
         ]
         return pl.all_horizontal(*checks).fill_null(True) if checks else pl.lit(True)
 
@@ -234,6 +289,8 @@ def _node(name: str, t: mi.Type, required: bool) -> Node:
         return Node(name, kind, required, nullable, ge=t.ge, gt=t.gt, le=t.le, lt=t.lt)
     if isinstance(t, mi.BoolType):
         return Node(name, "bool", required, nullable)
+    if isinstance(t, mi.DateTimeType):
+        return Node(name, "datetime", required, nullable)
     if isinstance(t, mi.LiteralType):
         if len({type(v) for v in t.values}) != 1:
             raise SchemaError(f"field {name!r}: Literal values must share one type, got {t.values}")
@@ -254,8 +311,38 @@ def _node(name: str, t: mi.Type, required: bool) -> Node:
     raise SchemaError(f"field {name!r}: type {t} is not supported in a message schema")
 
 
+_RFC3339 = "%Y-%m-%dT%H:%M:%S%.f%#z"
+
+
+def _converted(node: Node, column: pl.Expr) -> pl.Expr:
+    if node.kind == "datetime":
+        return column.str.to_datetime(_RFC3339, time_unit="us", time_zone="UTC", strict=False)
+    if node.kind == "list":
+        assert node.item is not None
+        return column.list.eval(_converted(node.item, pl.element()))
+    return column.struct.with_fields(
+        [
+            _converted(child, column.struct.field(child.name)).alias(child.name)
+            for child in node.children
+            if child.has_datetime
+        ]
+    )
+
+
 def _column(node: Node, parent: pl.Expr | None) -> pl.Expr:
     return pl.col(node.name) if parent is None else parent.struct.field(node.name)
+
+
+def _coerced(node: Node, value: pl.Expr) -> pl.Expr | None:
+    """True where `value` may be one the columnar reader coerced (None: it cannot be)."""
+    if node.needs_text_check():
+        return value.str.contains(_COERCED_TEXT)
+    if node.kind == "float":
+        return value.floor() == value
+    if node.kind == "list" and node.item is not None:
+        inner = _coerced(node.item, pl.element())
+        return None if inner is None else value.list.eval(inner).list.any()
+    return None
 
 
 def _present_counts(nodes: tuple[Node, ...], parent: pl.Expr | None) -> Iterator[pl.Expr]:
@@ -360,6 +447,9 @@ def _check_value(node: Node, value: Any, path: str) -> str | None:
     elif kind == "bool":
         if not isinstance(value, bool):
             return f"{path}: expected a boolean, got {_json_type(value)}"
+    elif kind == "datetime":
+        if _parse_datetime(value) is None:
+            return f"{path}: expected an RFC 3339 date-time with an offset, got {value!r}"
     elif kind == "struct":
         if not isinstance(value, dict):
             return f"{path}: expected an object, got {_json_type(value)}"
@@ -403,10 +493,22 @@ def _expected(node: Node) -> str:
         "float": "a number with a fraction",
         "number": "a number",
         "bool": "a boolean",
+        "datetime": "an RFC 3339 date-time",
         "literal": "one of " + ", ".join(map(str, node.choices)),
         "struct": "an object",
         "list": "an array",
     }[node.kind]
+
+
+def _parse_datetime(value: Any) -> datetime | None:
+    """An aware datetime from RFC 3339 text, or None (naive times are refused)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
 
 
 def _split_known(
@@ -419,6 +521,8 @@ def _split_known(
         node = by_name.get(name)
         if node is None:
             extra[name] = item
+        elif node.kind == "datetime" and isinstance(item, str):
+            known[name] = _parse_datetime(item)
         elif node.kind == "struct" and isinstance(item, dict):
             known[name], nested = _split_known(node.children, item)
             if nested is not None:

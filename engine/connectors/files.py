@@ -14,11 +14,21 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.batch import KEY, OFFSET, PARTITION, RAW, TIMESTAMP, data_columns
+from engine.batch import (
+    HEADER_DTYPE,
+    HEADERS,
+    KEY,
+    OFFSET,
+    PARTITION,
+    RAW,
+    TIMESTAMP,
+    data_columns,
+)
 from engine.connectors.encoding import encode_values, is_dead_letter
 from engine.errors import ConnectorError
 
 _BLOCK_BYTES = 8 << 20
+_HEADERS_ARROW = pl.DataFrame(schema={HEADERS: HEADER_DTYPE}).to_arrow().schema.field(HEADERS).type
 
 
 class NdjsonSource:
@@ -38,17 +48,22 @@ class NdjsonSource:
         line_number = 0
         leftover: pa.LargeBinaryArray | None = None
         for values in self._blocks():
-            if leftover is not None:
-                values = pa.concat_arrays([leftover, values])
-                if len(values) < self.batch_size:
-                    leftover = values
-                    continue
             start = 0
+            if leftover is not None:
+                # complete the batch begun in the previous block with this block's head
+                start = min(self.batch_size - len(leftover), len(values))
+                leftover = pa.concat_arrays([leftover, values.slice(0, start)])
+                if len(leftover) < self.batch_size:
+                    continue
+                yield _raw_frame(leftover, line_number)
+                line_number += len(leftover)
+                leftover = None
             while len(values) - start >= self.batch_size:
                 yield _raw_frame(values.slice(start, self.batch_size), line_number)
                 line_number += self.batch_size
                 start += self.batch_size
-            leftover = values.slice(start) if start < len(values) else None
+            if start < len(values):
+                leftover = values.slice(start)
         if leftover is not None and len(leftover):
             yield _raw_frame(leftover, line_number)
 
@@ -67,9 +82,14 @@ class NdjsonSource:
 
 def _split_lines(data: bytes) -> pa.LargeBinaryArray:
     """Lines of `data` (which ends with a newline) as values, newlines removed."""
-    raw = np.frombuffer(data, np.uint8)
-    newlines = np.flatnonzero(raw == ord("\n"))
+    newlines = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
+    count = len(newlines)
     starts = np.concatenate(([0], newlines[:-1] + 1))
+    if b"\r" not in data:
+        values = data.replace(b"\n", b"")  # memchr-fast; positions shift by one per line
+        offsets = np.append(starts - np.arange(count), len(values)).astype(np.int64)
+        return _binary_array(count, offsets, values)
+    raw = np.frombuffer(data, np.uint8)
     ends = newlines.copy()
     has_cr = (ends > starts) & (raw[np.maximum(ends - 1, 0)] == ord("\r"))
     ends[has_cr] -= 1
@@ -77,27 +97,30 @@ def _split_lines(data: bytes) -> pa.LargeBinaryArray:
     keep[newlines] = False
     keep[ends[has_cr]] = False
     # positions shift left by the separators removed before each line
-    removed_before = np.arange(len(starts)) + np.concatenate(([0], np.cumsum(has_cr)[:-1]))
-    offsets = np.empty(len(starts) + 1, np.int64)
-    offsets[:-1] = starts - removed_before
-    offsets[-1] = len(raw) - len(newlines) - int(has_cr.sum())
-    values = raw[keep]
+    removed_before = np.arange(count) + np.concatenate(([0], np.cumsum(has_cr)[:-1]))
+    offsets = np.append(starts - removed_before, count and len(raw) - count - int(has_cr.sum()))
+    return _binary_array(count, offsets.astype(np.int64), raw[keep].tobytes())
+
+
+def _binary_array(count: int, offsets: np.ndarray, values: bytes) -> pa.LargeBinaryArray:
     return pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(values)]
+        pa.large_binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(values)]
     )
 
 
 def _raw_frame(values: pa.LargeBinaryArray, first_line: int) -> pl.DataFrame:
     count = len(values)
-    return pl.DataFrame(
-        {
-            RAW: pl.Series(RAW, values, pl.Binary),
-            KEY: pl.Series(KEY, [None] * count, pl.Binary),
-            PARTITION: pl.Series(PARTITION, np.zeros(count, np.int32)),
-            OFFSET: pl.Series(OFFSET, np.arange(first_line, first_line + count, dtype=np.int64)),
-            TIMESTAMP: pl.Series(TIMESTAMP, [None] * count, pl.Int64),
-        }
-    )
+    columns = {
+        RAW: values,
+        KEY: pa.nulls(count, pa.binary()),
+        PARTITION: pa.array(np.zeros(count, np.int32)),
+        OFFSET: pa.array(np.arange(first_line, first_line + count, dtype=np.int64)),
+        TIMESTAMP: pa.nulls(count, pa.int64()),
+        HEADERS: pa.nulls(count, _HEADERS_ARROW),
+    }
+    frame = pl.from_arrow(pa.table(columns))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
 class ParquetSource:
@@ -120,6 +143,7 @@ class ParquetSource:
                 pl.lit(0, pl.Int32).alias(PARTITION),
                 pl.Series(OFFSET, np.arange(offset, offset + count, dtype=np.int64)),
                 pl.lit(None, pl.Int64).alias(TIMESTAMP),
+                pl.lit(None, HEADER_DTYPE).alias(HEADERS),
             )
             offset += count
 

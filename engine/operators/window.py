@@ -228,13 +228,23 @@ class _Window(Step, frozen=True, kw_only=True):
         """
         # The envelope's type; a hand-built batch may carry Int64 partitions.
         batch = batch.with_columns(pl.col(PARTITION).cast(pl.Int32))
-        stamped = batch.with_columns(column(self.event_time).cast(pl.Int64).alias(_EVENT_TIME))
-        untimed = stamped.filter(pl.col(_EVENT_TIME).is_null()).select(batch.columns)
-        rows = self._stamp(stamped.filter(pl.col(_EVENT_TIME).is_not_null()), state)
-        is_late = self._latest_end(pl.col(_EVENT_TIME)) <= pl.col(_WATERMARK)
-        late = rows.filter(is_late).select(batch.columns)
+        times = batch.select(column(self.event_time).cast(pl.Int64)).to_series()
+        untimed = batch.clear()
+        if times.null_count():
+            untimed = batch.filter(times.is_null())
+            batch, times = batch.filter(times.is_not_null()), times.drop_nulls()
+        # Only the columns the windows need travel on; whole rows only for the rare late one.
+        needed = {PARTITION, KEY, *(path.split(".", 1)[0] for path in self._inputs())}
+        narrow = batch.select([name for name in batch.columns if name in needed])
+        rows = self._stamp(narrow.with_columns(times.alias(_EVENT_TIME)), state)
+        is_late = rows.select(
+            self._latest_end(pl.col(_EVENT_TIME)) <= pl.col(_WATERMARK)
+        ).to_series()
+        late = batch.filter(is_late) if is_late.any() else batch.clear()
+        if late.height:
+            rows = rows.filter(~is_late)
 
-        units = self._assign(self._units(rows.filter(~is_late)))
+        units = self._assign(self._units(rows))
         windows = self._coalesce(pl.concat([state.windows, units], how="diagonal_relaxed"))
         windows = windows.group_by(PARTITION, *self._key_names(), WINDOW_START, WINDOW_END).agg(
             pl.col(_FIRST_SEQUENCE).min(),
@@ -262,6 +272,11 @@ class _Window(Step, frozen=True, kw_only=True):
 
     def _aggregates(self) -> tuple[Aggregate, ...]:
         return _parse_aggregates(tuple(self.aggregates.items()))
+
+    def _inputs(self) -> list[str]:
+        """The (possibly dotted) fields the windows read: keys and aggregated fields."""
+        fields = [a.field for a in self._aggregates() if a.field is not None]
+        return [*self.key_by, *fields]
 
     def _key_names(self) -> list[str]:
         return [path.rsplit(".", 1)[-1] for path in self.key_by]
