@@ -83,7 +83,8 @@ class DedupState:
             self.partitions = np.insert(self.partitions, at, partitions[new][order])
         self._log.append(emitted)
         self._log_rows += emitted.height
-        if len(self.hashes) > 1.25 * self._size_after_eviction + 1024:
+        # Evict when the index has doubled since the last eviction: amortised O(1) per entry.
+        if len(self.hashes) > 2 * self._size_after_eviction + 16_384:
             self._evict()
 
     def _evict(self) -> None:
@@ -94,7 +95,7 @@ class DedupState:
         self.hashes, self.checks = self.hashes[keep], self.checks[keep]
         self.times, self.partitions = self.times[keep], self.partitions[keep]
         self._size_after_eviction = len(self.hashes)
-        if self._log_rows > 2 * len(self.hashes) + 100_000:
+        if self._log_rows > 4 * len(self.hashes) + 200_000:
             self._log = [self.snapshot()]
             self._log_rows = self._log[0].height
 

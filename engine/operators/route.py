@@ -10,6 +10,8 @@ import polars as pl
 from engine.operators.base import DEAD_LETTER, MAIN, Outputs, Step, column, require_fields
 from engine.operators.deadletter import reject
 
+_ROUTE = "__route"
+
 
 class Route(Step, tag="route"):
     """Send each row to the sink mapped to its `by` value; every routed row also continues.
@@ -48,26 +50,29 @@ class Route(Step, tag="route"):
 
     def process(self, batch: pl.DataFrame, state: Any) -> Outputs:
         value = batch.select(column(self.by).cast(pl.String)).to_series()
+        # one grouping pass (order kept within each group) instead of a filter per sink
+        groups = batch.with_columns(value.alias(_ROUTE)).partition_by(
+            _ROUTE, as_dict=True, include_key=False
+        )
         outputs: Outputs = {}
-        for sink in dict.fromkeys(self.routes.values()):
-            values = [v for v, s in self.routes.items() if s == sink]
-            outputs[sink] = batch.filter(value.is_in(values))
+        for (route_value,), rows in groups.items():
+            sink = self.routes.get(route_value) if route_value is not None else None
+            sink = sink or self.default
+            if sink is not None:
+                outputs[sink] = pl.concat([outputs[sink], rows]) if sink in outputs else rows
+        for sink in self.sinks():
+            outputs.setdefault(sink, batch.clear())
         unrouted = ~value.is_in(list(self.routes)).fill_null(False)
-        if unrouted.any():
-            if self.default is not None:
-                outputs[self.default] = pl.concat(
-                    [outputs.get(self.default, batch.clear()), batch.filter(unrouted)]
-                )
-            else:
-                reasons = pl.concat_str(
-                    pl.lit(f"no route for {self.by}='"), pl.lit(value), pl.lit("'")
-                ).fill_null(f"no route for {self.by}=null")
-                outputs[DEAD_LETTER] = reject(
-                    batch.filter(unrouted),
-                    batch.select(reasons).to_series().filter(unrouted),
-                    self.name or self.op,
-                )
-                outputs[MAIN] = batch.filter(~unrouted)
-                return outputs
-        outputs[MAIN] = batch
+        if self.default is not None or not unrouted.any():
+            outputs[MAIN] = batch
+            return outputs
+        reasons = pl.concat_str(
+            pl.lit(f"no route for {self.by}='"), pl.lit(value), pl.lit("'")
+        ).fill_null(f"no route for {self.by}=null")
+        outputs[DEAD_LETTER] = reject(
+            batch.filter(unrouted),
+            batch.select(reasons).to_series().filter(unrouted),
+            self.name or self.op,
+        )
+        outputs[MAIN] = batch.filter(~unrouted)
         return outputs

@@ -37,9 +37,9 @@ def events(*rows: tuple[int, str, int] | tuple[int, str, int, int | None]) -> pl
 
 
 def windows(output: dict[str, pl.DataFrame], *columns: str) -> list[tuple[object, ...]]:
-    """The main output as (partition, key, window_start, window_end, *columns) tuples."""
+    """The main output as sorted (partition, key, window_start, window_end, *columns) tuples."""
     main = output[MAIN]
-    return main.select("_partition", "key", "window_start", "window_end", *columns).rows()
+    return sorted(main.select("_partition", "key", "window_start", "window_end", *columns).rows())
 
 
 def tumbling(**options: object) -> TumblingWindow:
@@ -163,11 +163,11 @@ def test_output_columns_types_and_order() -> None:
             "_key": pl.Binary(),
         }
     )
-    # Sorted by partition, window_start, then key; `_key` is the first arriving row's.
+    # In order of each window's first row; `_key` is the first arriving row's.
     assert main.rows() == [
         ("gold", "eu", 0, 10, 2, 5, 0, b"k1"),
-        ("gold", "us", 0, 10, 1, 3, 0, b"k3"),
         ("bronze", "eu", 10, 20, 1, 2, 0, b"k2"),
+        ("gold", "us", 0, 10, 1, 3, 0, b"k3"),
     ]
 
 
