@@ -67,9 +67,10 @@ class DedupState:
         checks: np.ndarray,
         times: np.ndarray,
         partitions: np.ndarray,
+        where: np.ndarray,
     ) -> None:
-        """Make these emissions (one per key, latest) the ones later repeats compare with."""
-        where = self.find(hashes, checks)
+        """Make these emissions (one per key, latest) the ones later repeats compare with;
+        `where` is each one's index position (`find`), -1 for keys not in the index."""
         known = where >= 0
         self.times[where[known]] = times[known]
         new = ~known
@@ -133,7 +134,12 @@ class DedupState:
         emitted = table.filter(~is_max)
         hashes, checks = _hashes(emitted, self.on)
         fresh.record(
-            emitted, hashes, checks, emitted[_TS].to_numpy(), emitted[PARTITION].to_numpy()
+            emitted,
+            hashes,
+            checks,
+            emitted[_TS].to_numpy(),
+            emitted[PARTITION].to_numpy(),
+            np.full(emitted.height, -1),
         )
         self.__dict__.update(fresh.__dict__)
 
@@ -207,17 +213,21 @@ class Dedup(Step, tag="dedup"):
         previous_time = np.full(len(previous), np.iinfo(np.int64).min, np.int64)
         previous_time[previous >= 0] = state.times[previous[previous >= 0]]
         keep = ~((previous >= 0) & (previous_time >= running_max - self.horizon_ms))
+        superseded: list[int] = []
         if repeated.any():
-            self._resolve_repeats(
+            superseded = self._resolve_repeats(
                 np.flatnonzero(repeated), keep, hashes, checks, times, running_max, previous_time
             )
         kept = np.flatnonzero(keep)
-        # the last emission per key is the one to remember
-        emitted_hashes = hashes[kept]
-        last = len(kept) - 1 - np.unique(emitted_hashes[::-1], return_index=True)[1]
-        latest = kept[np.sort(last)]
+        # the last emission per key is the one later repeats compare with
+        remembered = np.setdiff1d(kept, superseded, assume_unique=True) if superseded else kept
         state.record(
-            rows[latest], hashes[latest], checks[latest], times[latest], partitions[latest]
+            rows[remembered],
+            hashes[remembered],
+            checks[remembered],
+            times[remembered],
+            partitions[remembered],
+            previous[remembered],
         )
         return {MAIN: batch if len(kept) == batch.height else batch[kept]}
 
@@ -245,16 +255,24 @@ class Dedup(Step, tag="dedup"):
         times: np.ndarray,
         running_max: np.ndarray,
         previous_time: np.ndarray,
-    ) -> None:
+    ) -> list[int]:
         """Decide ids occurring more than once in the batch, in order: each occurrence is
-        compared with the last emitted one (earlier in the batch, or from the state)."""
-        last_emitted: dict[tuple[int, int], int] = {}
+        compared with the last emitted one (earlier in the batch, or from the state).
+
+        Returns the emitted rows that a later emission of the same id supersedes.
+        """
+        last_emitted: dict[tuple[int, int], tuple[int, int]] = {}  # key → (time, row)
+        superseded: list[int] = []
         floor = np.iinfo(np.int64).min
         for row in rows.tolist():
             key = (int(hashes[row]), int(checks[row]))
-            before = last_emitted.get(key, int(previous_time[row]))
+            emitted_here = last_emitted.get(key)
+            before = emitted_here[0] if emitted_here else int(previous_time[row])
             if before != floor and before >= running_max[row] - self.horizon_ms:
                 keep[row] = False
             else:
                 keep[row] = True
-                last_emitted[key] = int(times[row])
+                if emitted_here:
+                    superseded.append(emitted_here[1])
+                last_emitted[key] = (int(times[row]), row)
+        return superseded
