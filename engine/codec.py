@@ -249,23 +249,36 @@ class JsonCodec:
 def encode_json(frame: pl.DataFrame) -> pl.Series:
     """Encode each row's fields (not the envelope) as one JSON object; a String Series.
 
-    Fields kept in `_extra` are merged back, so a record the schema only partly declares
-    comes out with every field it came in with.
+    A null field is left out, unless the record came in with an explicit null (kept in
+    `_extra` with the fields the schema does not declare, and merged back): so a record
+    passes through with exactly the fields it came in with. Rows with neither nulls nor
+    `_extra` (W1's) are encoded in one columnar call; the others are fixed up one by one.
     """
     columns = data_columns(frame)
     encoded = frame.select(pl.struct(columns).struct.json_encode().alias("value")).to_series()
-    if EXTRA not in frame.columns or frame[EXTRA].null_count() == frame.height:
+    # ':null' may also occur inside a string: such a row is merely fixed up needlessly
+    to_fix = encoded.str.contains(":null", literal=True)
+    if EXTRA in frame.columns:
+        to_fix = to_fix | frame[EXTRA].is_not_null()
+    if not to_fix.any():
         return encoded
-    extra_rows = frame[EXTRA].is_not_null().arg_true()
-    merged = [
-        orjson.dumps(_merge(orjson.loads(value), orjson.loads(extra))).decode()
-        for value, extra in zip(
-            encoded.gather(extra_rows).to_list(),
-            frame[EXTRA].gather(extra_rows).to_list(),
-            strict=True,
-        )
+    rows = to_fix.arg_true()
+    extras = frame[EXTRA].gather(rows).to_list() if EXTRA in frame.columns else [None] * len(rows)
+    fixed = [
+        orjson.dumps(
+            _merge(_without_nulls(orjson.loads(value)), orjson.loads(extra) if extra else {})
+        ).decode()
+        for value, extra in zip(encoded.gather(rows).to_list(), extras, strict=True)
     ]
-    return encoded.scatter(extra_rows, merged)
+    return encoded.scatter(rows, fixed)
+
+
+def _without_nulls(value: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: _without_nulls(item) if isinstance(item, dict) else item
+        for name, item in value.items()
+        if item is not None
+    }
 
 
 def _merge(value: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -290,6 +303,7 @@ class MsgpackCodec:
         self.schema = schema
         self._polars_schema = schema.polars_schema()
         self._batch_decoder = msgspec.msgpack.Decoder(list[schema.struct_type])
+        self._framing_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
         self._decoder = msgspec.msgpack.Decoder(schema.struct_type)
 
     def decode(self, batch: pl.DataFrame, stage: str) -> Decoded:
@@ -297,9 +311,18 @@ class MsgpackCodec:
         values = batch[RAW].to_arrow().cast(pa.large_binary())
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
+        framed = _msgpack_array(values)
         try:
-            structs = self._batch_decoder.decode(_msgpack_array(values))
-        except msgspec.ValidationError:
+            # Framing is only sound if every value is exactly one MessagePack object: a value
+            # cut short could otherwise borrow the next value's bytes and both would "decode".
+            elements = self._framing_decoder.decode(framed)
+            lengths = pc.binary_length(values).to_numpy(zero_copy_only=False)
+            if len(elements) != len(values) or any(
+                len(element) != length for element, length in zip(elements, lengths, strict=True)
+            ):
+                return self._decode_each(batch, envelope, stage)
+            structs = self._batch_decoder.decode(framed)
+        except (msgspec.ValidationError, msgspec.DecodeError):
             return self._decode_each(batch, envelope, stage)
         rows = pl.DataFrame(msgspec.to_builtins(structs), schema=self._polars_schema, orient="row")
         good = pl.concat([envelope, rows], how="horizontal")

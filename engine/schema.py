@@ -265,7 +265,15 @@ def _node(name: str, t: mi.Type, required: bool) -> Node:
         nullable = len(members) < len(t.types)
         kinds = {type(m) for m in members}
         if kinds == {mi.IntType, mi.FloatType}:
-            return Node(name, "number", required, nullable)
+            # one set of bounds is checked whichever kind a value has, so both must agree
+            if len({(m.ge, m.gt, m.le, m.lt) for m in members}) != 1:
+                raise SchemaError(
+                    f"field {name!r}: `int | float` needs the same bounds on both, got {t}"
+                )
+            number = members[0]
+            _refuse_multiple_of(name, number)
+            bounds = {"ge": number.ge, "gt": number.gt, "le": number.le, "lt": number.lt}
+            return Node(name, "number", required, nullable, **bounds)
         if len(members) != 1:
             raise SchemaError(
                 f"field {name!r}: unions other than `T | None` and `int | float` "
@@ -286,6 +294,7 @@ def _node(name: str, t: mi.Type, required: bool) -> Node:
         )
     if isinstance(t, mi.IntType | mi.FloatType):
         kind = "int" if isinstance(t, mi.IntType) else "float"
+        _refuse_multiple_of(name, t)
         return Node(name, kind, required, nullable, ge=t.ge, gt=t.gt, le=t.le, lt=t.lt)
     if isinstance(t, mi.BoolType):
         return Node(name, "bool", required, nullable)
@@ -304,7 +313,7 @@ def _node(name: str, t: mi.Type, required: bool) -> Node:
             "list",
             required,
             nullable,
-            item=_node("item", t.item_type, True),
+            item=_node(f"{name}[]", t.item_type, True),
             min_length=t.min_length,
             max_length=t.max_length,
         )
@@ -327,6 +336,15 @@ def _converted(node: Node, column: pl.Expr) -> pl.Expr:
             if child.has_datetime
         ]
     )
+
+
+def _refuse_multiple_of(name: str, t: mi.IntType | mi.FloatType) -> None:
+    """No check implements `multiple_of`: refuse it rather than let it pass unchecked."""
+    if t.multiple_of is not None:
+        raise SchemaError(
+            f"field {name!r}: Meta(multiple_of={t.multiple_of}) is not supported in a message "
+            f"schema; check it with a validate step"
+        )
 
 
 def _column(node: Node, parent: pl.Expr | None) -> pl.Expr:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -79,8 +79,55 @@ class MemorySinkSpec(_Spec, tag="memory"):
     """Keep outputs in memory (tests, embedding)."""
 
 
-SourceSpec = FileSourceSpec | MemorySourceSpec
-SinkSpec = FileSinkSpec | MemorySinkSpec
+class StartAt(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A Kafka start position: the first offset at or after `timestamp` (epoch ms), or
+    explicit `offsets` per partition (a partition not listed starts from the earliest)."""
+
+    timestamp: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    offsets: dict[int, Annotated[int, msgspec.Meta(ge=0)]] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.timestamp is None) == (self.offsets is None):
+            raise ValueError("expected exactly one of `timestamp` or `offsets`")
+
+
+class KafkaSourceSpec(_Spec, tag="kafka"):
+    """Consume a topic in a consumer group; offsets are committed once outputs are written.
+
+    `start` applies to partitions the group has no committed offset for: `earliest`,
+    `latest`, `{timestamp: MS}` or `{offsets: {PARTITION: OFFSET}}`. `stop_when_idle_ms`
+    makes the run bounded: it ends after that long without a new record (tests, batch
+    jobs); unset, the source runs until stopped.
+    """
+
+    bootstrap: str
+    topic: str
+    group: str
+    batch_size: BatchSize = 10_000
+    linger_ms: Annotated[int, msgspec.Meta(ge=0)] = 50
+    start: Literal["earliest", "latest"] | StartAt = "earliest"
+    stop_when_idle_ms: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    session_timeout_ms: Annotated[int, msgspec.Meta(ge=1000)] = 10_000
+
+
+class KafkaSinkSpec(_Spec, tag="kafka"):
+    """Produce to a topic, created with `partitions` partitions if missing.
+
+    Keys go to the partition the Java client's default partitioner picks. `source_topic`
+    is written as the `source.topic` header of dead letters; `conflux run` fills it from a
+    Kafka source when it is not given.
+    """
+
+    bootstrap: str
+    topic: str
+    partitions: Annotated[int, msgspec.Meta(ge=1)] = 4
+    compression: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    acks: Literal["all", 1, 0] = "all"
+    source_topic: str | None = None
+
+
+SourceSpec = FileSourceSpec | MemorySourceSpec | KafkaSourceSpec
+SinkSpec = FileSinkSpec | MemorySinkSpec | KafkaSinkSpec
 
 
 class PipelineTest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -108,16 +155,21 @@ class PipelineSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tests: list[PipelineTest] = []
 
     def __post_init__(self) -> None:
+        # msgspec adds no path to errors of the top-level object: name it as msgspec would
         if not self.steps:
-            raise ValueError("expected at least one step")
-        for name in (self.dead_letter, self.output):
+            raise ValueError("Expected at least one step - at `$.steps`")
+        defined = ", ".join(sorted(self.sinks)) or "none"
+        for field, name in (("dead_letter", self.dead_letter), ("output", self.output)):
             if name is not None and name not in self.sinks:
-                raise ValueError(f"sink {name!r} is not defined in sinks")
+                raise ValueError(
+                    f"sink {name!r} is not defined in sinks (defined: {defined}) - at `$.{field}`"
+                )
         for index, step in enumerate(self.steps):
             for sink in step.sinks():
                 if sink not in self.sinks:
                     raise ValueError(
-                        f"steps[{index}] sends to sink {sink!r}, which is not defined in sinks"
+                        f"sink {sink!r} is not defined in sinks (defined: {defined}) "
+                        f"- at `$.steps[{index}]`"
                     )
 
 
@@ -153,6 +205,18 @@ def expand_variables(text: str, source: str) -> str:
     return _VARIABLE.sub(value, text)
 
 
+def _expand(node: Any, source: str) -> Any:
+    """Expand variables in string values only, after parsing: a comment is never expanded
+    and a value holding `#` or `: ` cannot change the document's structure."""
+    if isinstance(node, str):
+        return expand_variables(node, source)
+    if isinstance(node, list):
+        return [_expand(item, source) for item in node]
+    if isinstance(node, dict):
+        return {key: _expand(value, source) for key, value in node.items()}
+    return node
+
+
 def load_spec(path: str | Path) -> PipelineSpec:
     """Load and check a YAML pipeline; errors name the file and the field's path."""
     path = Path(path)
@@ -160,12 +224,13 @@ def load_spec(path: str | Path) -> PipelineSpec:
         text = path.read_text()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read it: {error}") from error
-    return parse_spec(expand_variables(text, str(path)), str(path))
+    return parse_spec(text, str(path))
 
 
 def parse_spec(text: str, source: str = "<pipeline>") -> PipelineSpec:
+    """Parse a YAML pipeline, expand `${NAME}` in its string values, and check it."""
     try:
-        document = yaml.load(text, Loader=_Yaml12Loader)
+        document = _expand(yaml.load(text, Loader=_Yaml12Loader), source)
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: not valid YAML: {error}") from error
     try:

@@ -100,9 +100,10 @@ def sql(step: Step, field: str, expression: str) -> pl.Expr:
     try:
         return pl.sql_expr(expression)
     except Exception as error:  # polars raises several error types for bad SQL
+        # built before the planner names it, a step may have no name yet
+        label = f"step {step.name!r} ({step.op})" if step.name else f"{step.op} step"
         raise ConfigError(
-            f"step {step.name!r} ({step.op}): {field}: cannot parse SQL expression "
-            f"{expression!r}: {error}"
+            f"{label}: {field}: cannot parse SQL expression {expression!r}: {error}"
         ) from error
 
 

@@ -12,6 +12,7 @@ from engine.batch import PARTITION
 from engine.operators.base import MAIN, Outputs, Step, column, require_fields
 
 _TS = "__ts"
+_KIND = "kind"
 _SEEDS = (0x5EED_0001, 0x5EED_0002)
 
 
@@ -122,13 +123,22 @@ class DedupState:
             .filter(pl.col(_TS) >= pl.col("max_time") - self.horizon_ms)
             .drop("max_time")
         )
+        # `kind` tells the rows apart: an emitted id may itself be null
         return pl.concat(
-            [latest, maxima.select(PARTITION, pl.col("max_time").alias(_TS))],
+            [
+                latest.with_columns(pl.lit("emitted").alias(_KIND)),
+                maxima.select(PARTITION, pl.col("max_time").alias(_TS), pl.lit("max").alias(_KIND)),
+            ],
             how="diagonal_relaxed",
         )
 
     def restore(self, table: pl.DataFrame) -> None:
-        is_max = pl.all_horizontal(pl.col(name).is_null() for name in self.on)
+        if _KIND in table.columns:
+            is_max = table[_KIND] == "max"
+            table = table.drop(_KIND)
+        else:  # a snapshot from before `kind`
+            ids_null = pl.all_horizontal(pl.col(name).is_null() for name in self.on)
+            is_max = table.select(ids_null).to_series()
         fresh = DedupState(self.on, self.horizon_ms)
         fresh.max_time = dict(table.filter(is_max).select(PARTITION, _TS).iter_rows())
         emitted = table.filter(~is_max)
@@ -153,6 +163,8 @@ def _hashes(rows: pl.DataFrame, on: tuple[str, ...]) -> tuple[np.ndarray, np.nda
 
 class Dedup(Step, tag="dedup"):
     """Drop an event whose id was already emitted on its partition within the horizon.
+
+    An event whose `on` fields are null cannot be identified: it always passes.
 
     Exactly: an event is dropped when an event with the same `on` values was already
     emitted on its partition and that event's time is ≥ (the largest event time seen by
@@ -218,9 +230,16 @@ class Dedup(Step, tag="dedup"):
             superseded = self._resolve_repeats(
                 np.flatnonzero(repeated), keep, hashes, checks, times, running_max, previous_time
             )
+        # an event with a null id cannot be identified: it passes, and is not remembered
+        unidentified = rows.select(pl.any_horizontal(pl.col(self.on).is_null())).to_series()
+        forgotten = superseded
+        if unidentified.any():
+            unknown = unidentified.to_numpy()
+            keep[unknown] = True
+            forgotten = [*superseded, *np.flatnonzero(unknown).tolist()]
         kept = np.flatnonzero(keep)
         # the last emission per key is the one later repeats compare with
-        remembered = np.setdiff1d(kept, superseded, assume_unique=True) if superseded else kept
+        remembered = np.setdiff1d(kept, forgotten) if forgotten else kept
         state.record(
             rows[remembered],
             hashes[remembered],

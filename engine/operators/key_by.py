@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
+import numpy as np
 import polars as pl
 
 from engine.batch import KEY, PARTITION
@@ -38,6 +39,8 @@ class KeyBy(Step, tag="key_by"):
     def process(self, batch: pl.DataFrame, state: Any) -> Outputs:
         keys = batch.select(column(self.field).cast(pl.String).cast(pl.Binary)).to_series()
         partition = partition_for(keys.fill_null(b"").to_arrow(), self.partitions)
+        # an empty key hashes to some partition; a null key goes to 0, as documented
+        partition = np.where(keys.is_null().to_numpy(), 0, partition)
         return {
             MAIN: batch.with_columns(
                 keys.alias(KEY),

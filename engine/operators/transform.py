@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import msgspec
@@ -70,7 +70,7 @@ class Transform(Step, tag="transform"):
             frame = frame.with_columns(_assignments(frame, computed))
         if self.cast:
             casts = {
-                path: column(path).cast(_DTYPES[kind], strict=False)
+                path: _cast(column(path), frame.select(column(path)).dtypes[0], _DTYPES[kind])
                 for path, kind in self.cast.items()
             }
             frame = frame.with_columns(_assignments(frame, casts))
@@ -121,6 +121,15 @@ class Translate(Step, tag="translate"):
         return {MAIN: batch.select(*envelope, *_build(tree))}
 
 
+def _cast(value: pl.Expr, source: pl.DataType, target: pl.DataType) -> pl.Expr:
+    """`value` as `target`, null where it cannot be converted."""
+    if target == pl.Boolean and source == pl.String:
+        # polars cannot cast text to a boolean at all: read `true`/`false`, null otherwise
+        text = value.str.to_lowercase()
+        return pl.when(text == "true").then(True).when(text == "false").then(False)
+    return value.cast(target, strict=False)
+
+
 def _build(tree: Mapping[str, Any]) -> list[pl.Expr]:
     return [
         (pl.struct(_build(value)) if isinstance(value, Mapping) else value).alias(name)
@@ -130,6 +139,16 @@ def _build(tree: Mapping[str, Any]) -> list[pl.Expr]:
 
 def _assignments(frame: pl.DataFrame, values: Mapping[str, pl.Expr]) -> list[pl.Expr]:
     """Expressions assigning `values` to possibly nested target paths of `frame`."""
+    return _assign(pl.col, dict(frame.schema), values)
+
+
+def _assign(
+    field: Callable[[str], pl.Expr],
+    dtypes: Mapping[str, pl.DataType],
+    values: Mapping[str, pl.Expr],
+) -> list[pl.Expr]:
+    """One expression per top-level name of `values`' paths; a dotted path rebuilds its
+    struct with `with_fields`, keeping the siblings it does not set."""
     top: dict[str, pl.Expr] = {}
     nested: dict[str, dict[str, pl.Expr]] = {}
     for path, value in values.items():
@@ -140,21 +159,8 @@ def _assignments(frame: pl.DataFrame, values: Mapping[str, pl.Expr]) -> list[pl.
             top[head] = value
     expressions = [value.alias(name) for name, value in top.items()]
     for head, inner in nested.items():
-        expressions.append(_with_fields(pl.col(head), frame.schema[head], inner).alias(head))
+        struct = field(head)
+        inner_dtypes = {f.name: f.dtype for f in dtypes[head].fields}  # type: ignore[attr-defined]
+        updates = _assign(struct.struct.field, inner_dtypes, inner)
+        expressions.append(struct.struct.with_fields(updates).alias(head))
     return expressions
-
-
-def _with_fields(struct: pl.Expr, dtype: pl.DataType, values: Mapping[str, pl.Expr]) -> pl.Expr:
-    top: dict[str, pl.Expr] = {}
-    nested: dict[str, dict[str, pl.Expr]] = {}
-    for path, value in values.items():
-        head, _, rest = path.partition(".")
-        if rest:
-            nested.setdefault(head, {})[rest] = value
-        else:
-            top[head] = value
-    fields = {field.name: field.dtype for field in dtype.fields}  # type: ignore[attr-defined]
-    updates = [value.alias(name) for name, value in top.items()]
-    for head, inner in nested.items():
-        updates.append(_with_fields(struct.struct.field(head), fields[head], inner).alias(head))
-    return struct.struct.with_fields(updates)
