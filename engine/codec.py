@@ -95,6 +95,7 @@ class JsonCodec:
         self._polars_schema = schema.polars_schema()
         self._read_schema = schema.read_schema()
         self._conversions = schema.conversions()
+        self._defaults = schema.defaults()
         self._valid = schema.valid()
         self._key_count = schema.key_count()
         self._strings_ok = schema.strings_ok()
@@ -131,7 +132,7 @@ class JsonCodec:
         else:
             proven = proven & False
         fast = pl.concat([envelope, decoded], how="horizontal").filter(proven)
-        fast = fast.with_columns(pl.lit(None, pl.String).alias(EXTRA))
+        fast = fast.with_columns(*self._defaults, pl.lit(None, pl.String).alias(EXTRA))
         if proven.all():
             return Decoded(fast.drop(_ROW), dead_letters(batch.clear(), "", stage))
         slow_rows = (~proven).arg_true()

@@ -30,7 +30,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -66,7 +66,12 @@ class Node:
     max_length: int | None = None
     children: tuple[Node, ...] = ()
     item: Node | None = None
+    default: Any = msgspec.NODEFAULT  # the value an absent field takes, if it has one
     _regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not msgspec.NODEFAULT and self.default is not None
 
     @property
     def dtype(self) -> pl.DataType:
@@ -129,9 +134,7 @@ class Schema:
             raise SchemaError(f"a schema must be a msgspec.Struct, got {struct_type!r}")
         self.struct_type = struct_type
         self.name = struct_type.__name__
-        self.fields: tuple[Node, ...] = tuple(
-            _node(f.name, f.type, f.required) for f in info.fields
-        )
+        self.fields: tuple[Node, ...] = tuple(_field_node(f) for f in info.fields)
 
     @classmethod
     def of(cls, struct_type: type[msgspec.Struct]) -> Schema:
@@ -160,6 +163,15 @@ class Schema:
             _converted(node, pl.col(node.name)).alias(node.name)
             for node in self.fields
             if node.has_datetime
+        ]
+
+    def defaults(self) -> list[pl.Expr]:
+        """Expressions giving absent fields their defaults, for rows proven to hold no
+        explicit null (where null means absent)."""
+        return [
+            _defaulted(node, pl.col(node.name)).alias(node.name)
+            for node in self.fields
+            if _has_defaults(node)
         ]
 
     def arrow_schema(self) -> Any:
@@ -258,6 +270,16 @@ class Schema:
 _CACHE: dict[type, Schema] = {}
 
 
+def _field_node(info: mi.Field) -> Node:
+    """A struct field's node, with its default (a factory is called once, here)."""
+    node = _node(info.name, info.type, info.required)
+    if info.default is not msgspec.NODEFAULT:
+        return replace(node, default=info.default)
+    if info.default_factory is not msgspec.NODEFAULT:
+        return replace(node, default=info.default_factory())
+    return node
+
+
 def _node(name: str, t: mi.Type, required: bool) -> Node:
     nullable = False
     if isinstance(t, mi.UnionType):
@@ -305,7 +327,7 @@ def _node(name: str, t: mi.Type, required: bool) -> Node:
             raise SchemaError(f"field {name!r}: Literal values must share one type, got {t.values}")
         return Node(name, "literal", required, nullable, choices=tuple(t.values))
     if isinstance(t, mi.StructType):
-        children = tuple(_node(f.name, f.type, f.required) for f in t.fields)
+        children = tuple(_field_node(f) for f in t.fields)
         return Node(name, "struct", required, nullable, children=children)
     if isinstance(t, mi.ListType):
         return Node(
@@ -345,6 +367,24 @@ def _refuse_multiple_of(name: str, t: mi.IntType | mi.FloatType) -> None:
             f"field {name!r}: Meta(multiple_of={t.multiple_of}) is not supported in a message "
             f"schema; check it with a validate step"
         )
+
+
+def _has_defaults(node: Node) -> bool:
+    return node.has_default or any(_has_defaults(child) for child in node.children)
+
+
+def _defaulted(node: Node, column: pl.Expr) -> pl.Expr:
+    if node.kind == "struct" and any(_has_defaults(child) for child in node.children):
+        column = column.struct.with_fields(
+            [
+                _defaulted(child, column.struct.field(child.name)).alias(child.name)
+                for child in node.children
+                if _has_defaults(child)
+            ]
+        )
+    if node.has_default:
+        column = column.fill_null(pl.lit(node.default, dtype=node.dtype))
+    return column
 
 
 def _column(node: Node, parent: pl.Expr | None) -> pl.Expr:
@@ -550,4 +590,7 @@ def _split_known(
             if item is None:
                 # an explicit null is kept apart from an absent field so it is written back
                 extra[name] = None
+    for node in nodes:
+        if node.name not in value and node.has_default:
+            known[node.name] = node.default
     return known, extra or None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
+import orjson
 import polars as pl
 import pytest
 
@@ -292,3 +293,35 @@ def test_multiple_of_is_refused_rather_than_left_unchecked() -> None:
         "field 'quantity': Meta(multiple_of=5) is not supported in a message schema; "
         "check it with a validate step"
     )
+
+
+class Defaults(msgspec.Struct):
+    """Fields that take a value when absent."""
+
+    id: str
+    status: str = "new"
+    tries: int = 0
+    tags: list[str] = msgspec.field(default_factory=list)
+    note: str | None = None
+
+
+def test_absent_fields_take_their_defaults_on_both_decode_paths() -> None:
+    from engine.batch import raw_batch
+    from engine.codec import JsonCodec, encode_json
+
+    values = [
+        b'{"id": "a"}',  # proven on the fast path
+        b'{"id": "b", "extra": 1}',  # has an undeclared field: the per-record path
+        b'{"id": "c", "status": "done", "tries": 2, "tags": ["x"], "note": null}',
+    ]
+    decoded = JsonCodec(Schema.of(Defaults)).decode(raw_batch(values), "decode")
+    assert decoded.good.select("id", "status", "tries", "tags", "note").rows() == [
+        ("a", "new", 0, [], None),
+        ("b", "new", 0, [], None),
+        ("c", "done", 2, ["x"], None),
+    ]
+    assert [orjson.loads(v) for v in encode_json(decoded.good).to_list()] == [
+        {"id": "a", "status": "new", "tries": 0, "tags": []},
+        {"id": "b", "status": "new", "tries": 0, "tags": [], "extra": 1},
+        {"id": "c", "status": "done", "tries": 2, "tags": ["x"], "note": None},
+    ]
