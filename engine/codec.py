@@ -96,6 +96,7 @@ class JsonCodec:
         self._read_schema = schema.read_schema()
         self._conversions = schema.conversions()
         self._defaults = schema.defaults()
+        self._no_rows = pl.DataFrame(schema=self._polars_schema)  # built once: ~1 ms here
         self._valid = schema.valid()
         self._key_count = schema.key_count()
         self._strings_ok = schema.strings_ok()
@@ -238,7 +239,7 @@ class JsonCodec:
                 envelope[good_rows],
                 pl.DataFrame(good_known, schema=self._polars_schema, orient="row")
                 if good_known
-                else pl.DataFrame(schema=self._polars_schema),
+                else self._no_rows,
                 pl.DataFrame({EXTRA: pl.Series(EXTRA, good_extra, pl.String)}),
             ],
             how="horizontal",
