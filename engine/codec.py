@@ -121,17 +121,18 @@ class JsonCodec:
         # The reader decodes `\u` escapes more leniently than JSON (a lone surrogate passes)
         # and an escaped field name hides from `_drop_integer_tokens`: such rows go slowly.
         readable &= ~batch[RAW].bin.contains(b"\\u").fill_null(True).to_numpy()
-        proven = decoded.select(
-            pl.lit(pl.Series(readable))
-            & self._valid
-            & (self._key_count == pl.lit(pl.Series(screen.colons)))
-        ).to_series()
         if self._screenable:
-            proven = proven & decoded.select(self._strings_ok).to_series()
-            proven = proven & decoded.select(self._list_items_ok).to_series()
+            proven = decoded.select(
+                pl.lit(pl.Series(readable))
+                & self._valid
+                & (self._key_count == pl.lit(pl.Series(screen.colons)))
+                & self._strings_ok
+                & self._list_items_ok
+            ).to_series()
             proven = self._drop_integer_tokens(batch, decoded, proven)
         else:
-            proven = proven & False
+            # a list of structs hides keys from the count: every row is checked one by one
+            proven = pl.Series(np.zeros(batch.height, bool))
         fast = pl.concat([envelope, decoded], how="horizontal").filter(proven)
         fast = fast.with_columns(*self._defaults, pl.lit(None, pl.String).alias(EXTRA))
         if proven.all():
