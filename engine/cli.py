@@ -2,8 +2,9 @@
 
     conflux validate FILE          check a YAML pipeline; errors name the field's path
     conflux plan FILE              print its stages
-    conflux run FILE [--runner local]
+    conflux run FILE [--runner local] [--bootstrap HOST:PORT] [--stop-when-idle SECONDS]
     conflux test FILE              run the tests kept in the pipeline's `tests:` section
+    conflux broker [--port PORT]   run the embedded Kafka-compatible broker until Ctrl-C
 
 Schemas named in a pipeline (`module:Struct`) are imported with the working directory and
 the pipeline file's directory on the import path, as `ray job submit --working-dir .` has.
@@ -12,16 +13,26 @@ the pipeline file's directory on the import path, as `ray job submit --working-d
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
+import msgspec
 import orjson
 
+from engine.broker import EmbeddedBroker
 from engine.connectors import MemorySink, MemorySource
-from engine.errors import ConfluxError
+from engine.errors import ConfigError, ConfluxError
 from engine.pipeline import Pipeline
 from engine.plan import build_plan
-from engine.spec import PipelineSpec, load_spec
+from engine.spec import (
+    KafkaSinkSpec,
+    KafkaSourceSpec,
+    PipelineSpec,
+    SinkSpec,
+    load_spec,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,9 +53,24 @@ def main(argv: list[str] | None = None) -> int:
                 default="local",
                 help="where to run it (default: local, in this process)",
             )
+            command.add_argument(
+                "--bootstrap",
+                metavar="HOST:PORT",
+                help="Kafka broker for every Kafka source and sink (overrides the file's)",
+            )
+            command.add_argument(
+                "--stop-when-idle",
+                type=float,
+                metavar="SECONDS",
+                help="end the run once a Kafka source has had no new record for this long",
+            )
+    broker = commands.add_parser("broker", help="run the embedded Kafka-compatible broker")
+    broker.add_argument("--port", type=int, help="loopback port (default: a free one)")
     arguments = parser.parse_args(argv)
-    sys.path[:0] = [str(Path.cwd()), str(arguments.file.resolve().parent.parent)]
     try:
+        if arguments.command == "broker":
+            return _broker(arguments.port)
+        sys.path[:0] = [str(Path.cwd()), str(arguments.file.resolve().parent.parent)]
         spec = load_spec(arguments.file)
         if arguments.command == "validate":
             build_plan(spec)
@@ -52,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         elif arguments.command == "plan":
             print(build_plan(spec).describe())
         elif arguments.command == "run":
-            return _run(spec)
+            idle_ms = None if arguments.stop_when_idle is None else arguments.stop_when_idle * 1000
+            return _run(with_kafka_settings(spec, arguments.bootstrap, idle_ms))
         else:
             return _test(spec)
     except ConfluxError as error:
@@ -71,6 +98,59 @@ def _run(spec: PipelineSpec) -> int:
     for sink, rows in sorted(stats.rows_out.items()):
         print(f"  {sink}: {rows:,}")
     return 0
+
+
+def with_kafka_settings(
+    spec: PipelineSpec, bootstrap: str | None, stop_when_idle_ms: float | None = None
+) -> PipelineSpec:
+    """`spec` as `conflux run` runs it: `bootstrap` (when given) in every Kafka source and
+    sink, `stop_when_idle_ms` (when given) on its Kafka source, and that source's topic as
+    the `source_topic` (dead letters' origin) of Kafka sinks that name none."""
+    source = spec.source
+    if stop_when_idle_ms is not None:
+        if not isinstance(source, KafkaSourceSpec):
+            raise ConfigError(
+                f"--stop-when-idle: expected a pipeline with a Kafka source, "
+                f"got source type {type(source).__struct_config__.tag!r}"
+            )
+        source = msgspec.structs.replace(source, stop_when_idle_ms=max(int(stop_when_idle_ms), 1))
+    if bootstrap is not None and isinstance(source, KafkaSourceSpec):
+        source = msgspec.structs.replace(source, bootstrap=bootstrap)
+    origin = source.topic if isinstance(source, KafkaSourceSpec) else None
+
+    def settled(sink: SinkSpec) -> SinkSpec:
+        if not isinstance(sink, KafkaSinkSpec):
+            return sink
+        if bootstrap is not None:
+            sink = msgspec.structs.replace(sink, bootstrap=bootstrap)
+        if sink.source_topic is None and origin is not None:
+            sink = msgspec.structs.replace(sink, source_topic=origin)
+        return sink
+
+    return msgspec.structs.replace(
+        spec, source=source, sinks={name: settled(sink) for name, sink in spec.sinks.items()}
+    )
+
+
+def _broker(port: int | None) -> int:
+    """Run the embedded broker until SIGINT or SIGTERM, then stop it cleanly."""
+    stop = threading.Event()
+    previous = {
+        number: signal.signal(number, lambda *_: stop.set())
+        for number in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        with EmbeddedBroker(port=port) as broker:
+            print(f"Kafka-compatible broker at {broker.bootstrap}", flush=True)
+            while not stop.wait(0.5):
+                if not broker.running():
+                    print("conflux: the broker exited on its own", file=sys.stderr)
+                    return 1
+        print("broker stopped", flush=True)
+        return 0
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _test(spec: PipelineSpec) -> int:

@@ -4,14 +4,34 @@ from __future__ import annotations
 
 from engine.connectors.base import Sink, Source
 from engine.connectors.files import NdjsonSink, NdjsonSource, ParquetSink, ParquetSource
+from engine.connectors.kafka import KafkaSink, KafkaSource
 from engine.connectors.memory import MemorySink, MemorySource
-from engine.spec import FileSinkSpec, FileSourceSpec, MemorySourceSpec, SinkSpec, SourceSpec
+from engine.spec import (
+    FileSinkSpec,
+    FileSourceSpec,
+    KafkaSinkSpec,
+    KafkaSourceSpec,
+    MemorySourceSpec,
+    SinkSpec,
+    SourceSpec,
+)
 
 
 def open_source(spec: SourceSpec) -> Source:
     if isinstance(spec, FileSourceSpec):
         kind = NdjsonSource if spec.format == "ndjson" else ParquetSource
         return kind(spec.path, spec.batch_size)
+    if isinstance(spec, KafkaSourceSpec):
+        return KafkaSource(
+            spec.bootstrap,
+            spec.topic,
+            spec.group,
+            batch_size=spec.batch_size,
+            linger_ms=spec.linger_ms,
+            start=spec.start,
+            stop_when_idle_ms=spec.stop_when_idle_ms,
+            session_timeout_ms=spec.session_timeout_ms,
+        )
     assert isinstance(spec, MemorySourceSpec)
     return MemorySource(spec.values, batch_size=spec.batch_size)
 
@@ -19,10 +39,21 @@ def open_source(spec: SourceSpec) -> Source:
 def open_sink(spec: SinkSpec) -> Sink:
     if isinstance(spec, FileSinkSpec):
         return NdjsonSink(spec.path) if spec.format == "ndjson" else ParquetSink(spec.path)
+    if isinstance(spec, KafkaSinkSpec):
+        return KafkaSink(
+            spec.bootstrap,
+            spec.topic,
+            partitions=spec.partitions,
+            compression=spec.compression,
+            acks=spec.acks,
+            source_topic=spec.source_topic,
+        )
     return MemorySink()
 
 
 __all__ = [
+    "KafkaSink",
+    "KafkaSource",
     "MemorySink",
     "MemorySource",
     "NdjsonSink",

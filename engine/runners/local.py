@@ -68,8 +68,15 @@ class LocalRunner:
 
     async def run_async(self) -> RunStats:
         wall, cpu = time.perf_counter(), time.process_time()
+        batches = self.source.batches()
+        # optional connector hooks: sinks that create their topics first (Kafka), and
+        # sources that commit a batch once its outputs are written (at least once)
+        commit = getattr(self.source, "commit", None)
         try:
-            batches = self.source.batches()
+            for sink in self.sinks.values():
+                start = getattr(sink, "start", None)
+                if start is not None:
+                    await start()
             while True:
                 started = time.perf_counter_ns()
                 try:
@@ -80,11 +87,16 @@ class LocalRunner:
                 self.stats.messages += batch.height
                 self.stats.batches += 1
                 await self._deliver(self._push(0, batch))
+                if commit is not None:
+                    await commit()
                 if self.progress is not None:
                     self.progress(batch.height)
             for index, (step, state) in enumerate(zip(self.plan.steps, self.states, strict=True)):
                 await self._deliver(self._follow(index, step.finish(state)))
         finally:
+            close = getattr(batches, "aclose", None)
+            if close is not None:
+                await close()
             for sink in self.sinks.values():
                 await sink.close()
         self.stats.wall_seconds = time.perf_counter() - wall

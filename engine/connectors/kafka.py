@@ -1,0 +1,611 @@
+"""Kafka source and sink on aiokafka, and topic admin.
+
+Delivery is at least once: the source commits a batch's offsets only when the runner says
+its outputs are acknowledged (`commit`, called after every sink's `write` returned), and
+the sink's `write` returns only once the broker has acknowledged every record. A record
+is therefore never lost; after a crash it may be read and written again.
+
+Both ends work on whole batches. The source turns one `getmany` into one Arrow batch (the
+values concatenated into one buffer, decoded later in one call); the sink groups a batch's
+rows by partition and appends them to one `create_batch` per partition and size limit,
+never one `send` per message.
+
+Connecting retries with exponential backoff (`Retry`); when the broker stays unreachable
+the error names its address, e.g. ``cannot reach Kafka at 127.0.0.1:1: ...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol, TypeVar
+
+import msgspec
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from engine.batch import (
+    HEADER_DTYPE,
+    HEADERS,
+    KEY,
+    OFFSET,
+    PARTITION,
+    RAW,
+    REASON,
+    STAGE,
+    TIMESTAMP,
+)
+from engine.connectors.encoding import encode_values, is_dead_letter
+from engine.errors import ConfigError, ConnectorError
+from engine.partitioning import partition_for
+from engine.spec import StartAt
+
+log = logging.getLogger(__name__)
+
+_HEADERS_ARROW = pl.DataFrame(schema={HEADERS: HEADER_DTYPE}).to_arrow().schema.field(HEADERS).type
+# Kafka's default message.max.bytes is 1 MiB + 12: a produce batch stays under it.
+_MAX_BATCH_BYTES = 1_000_000
+_TOPIC_ALREADY_EXISTS = 36
+
+StartPosition = Literal["earliest", "latest"] | StartAt
+Header = tuple[str, bytes | None]
+
+
+class Retry(msgspec.Struct, frozen=True):
+    """Exponential backoff: `attempts` tries, waiting `first_delay_s`, doubled each time up
+    to `max_delay_s`, between them. The default gives up after about 10 s."""
+
+    attempts: int = 5
+    first_delay_s: float = 0.5
+    max_delay_s: float = 4.0
+
+    def delay(self, attempt: int) -> float:
+        """The wait after failed attempt number `attempt` (counted from 1)."""
+        return min(self.first_delay_s * 2 ** (attempt - 1), self.max_delay_s)
+
+
+DEFAULT_RETRY = Retry()
+
+
+class _Client(Protocol):
+    async def start(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Client)
+
+
+async def connect(
+    bootstrap: str,
+    make_client: Callable[[], _C],
+    close: Callable[[_C], Awaitable[Any]],
+    retry: Retry,
+) -> _C:
+    """Start a fresh client from `make_client` until one connects, backing off in between.
+
+    Raises ConnectorError naming `bootstrap` once `retry.attempts` have failed to connect.
+    """
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        client = make_client()
+        try:
+            await client.start()
+            return client
+        except KafkaConnectionError as error:
+            await close(client)
+            if attempt >= retry.attempts:
+                raise ConnectorError(
+                    f"cannot reach Kafka at {bootstrap}: no connection after {attempt} attempts "
+                    f"over {time.monotonic() - started:.1f} s; is a broker listening there?"
+                ) from error
+            log.warning(
+                "cannot reach Kafka at %s (attempt %d of %d); retrying in %.1f s",
+                bootstrap,
+                attempt,
+                retry.attempts,
+                retry.delay(attempt),
+            )
+            await asyncio.sleep(retry.delay(attempt))
+
+
+async def ensure_topics(
+    bootstrap: str,
+    topics: Mapping[str, int],
+    *,
+    replication_factor: int = 1,
+    retry: Retry = DEFAULT_RETRY,
+) -> None:
+    """Create the topics of `topics` (name → partition count) that do not exist yet.
+
+    An existing topic is left as it is, whatever its partition count. Raises
+    ConnectorError naming the topic when the broker refuses to create it.
+    """
+    admin = await connect(
+        bootstrap,
+        lambda: AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="conflux-admin"),
+        AIOKafkaAdminClient.close,
+        retry,
+    )
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, partitions, replication_factor)
+            for name, partitions in topics.items()
+            if name not in existing
+        ]
+        if not missing:
+            return
+        response = await admin.create_topics(missing)
+        for name, code, message in response.topic_errors:
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                raise ConnectorError(
+                    f"Kafka at {bootstrap}: cannot create topic {name!r} "
+                    f"with {topics[name]} partitions: error {code}: {message}"
+                )
+    except KafkaError as error:
+        raise ConnectorError(f"Kafka at {bootstrap}: cannot create topics: {error}") from error
+    finally:
+        await admin.close()
+
+
+class KafkaSource:
+    """Consume `topic` in consumer group `group`, one raw batch per `getmany`.
+
+    A batch holds at most `batch_size` records and is cut after at most `linger_ms` of
+    waiting, so latency stays low under light traffic. Each partition's records keep their
+    order. Offsets are committed by `commit`, which the runner calls once a batch's outputs
+    are acknowledged by its sinks: a crash before then makes the group read the batch again.
+
+    A rebalance waits for the batch in flight to be delivered and committed before the
+    revoked partitions are released, so their next owner starts after it.
+
+    Args:
+        bootstrap: "host:port" of a broker.
+        topic, group: what to consume, and the consumer group that owns the offsets.
+        batch_size: most records per batch.
+        linger_ms: longest wait for records before an empty poll.
+        start: where a partition the group has no committed offset for starts: "earliest",
+            "latest", `{"timestamp": epoch_ms}` or `{"offsets": {partition: offset}}`
+            (unlisted partitions start from the earliest). On Tansu, "latest" lands on the
+            last batch's first offset + 1, not on the high watermark.
+        stop_when_idle_ms: end the batches once no record has arrived for this long while
+            partitions are assigned: a bounded run (tests, the file-like W1 form). None runs
+            until the runner is stopped.
+        session_timeout_ms: consumer-group session; Tansu holds a join for about half of it.
+        retry: backoff for connecting.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group: str,
+        *,
+        batch_size: int = 10_000,
+        linger_ms: int = 50,
+        start: StartPosition | Mapping[str, Any] = "earliest",
+        stop_when_idle_ms: int | None = None,
+        session_timeout_ms: int = 10_000,
+        retry: Retry = DEFAULT_RETRY,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.group = group
+        self.batch_size = batch_size
+        self.linger_ms = linger_ms
+        try:
+            self.start = msgspec.convert(start, StartPosition)
+        except msgspec.ValidationError as error:
+            raise ConfigError(f"Kafka source {topic!r}: start: {error}") from error
+        self.stop_when_idle_ms = stop_when_idle_ms
+        self.session_timeout_ms = session_timeout_ms
+        self.retry = retry
+        self._consumer: AIOKafkaConsumer | None = None
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._in_flight: asyncio.Lock | None = None
+        self._last_record_at = 0.0
+        self._assignment: frozenset[int] = frozenset()
+
+    @property
+    def assignment(self) -> frozenset[int]:
+        """The partitions this source owns now; empty while its group rebalances."""
+        return self._assignment
+
+    async def batches(self) -> AsyncIterator[pl.DataFrame]:
+        in_flight = self._in_flight = asyncio.Lock()
+        consumer = await self._open()
+        loop = asyncio.get_running_loop()
+        self._last_record_at = loop.time()
+        try:
+            while True:
+                fetched = await consumer.getmany(
+                    timeout_ms=self.linger_ms, max_records=self.batch_size
+                )
+                if not fetched:
+                    if self._idle_too_long(loop.time()):
+                        return
+                    continue
+                self._last_record_at = loop.time()
+                frame = raw_frame(fetched)
+                # Held while the runner works on the batch: a rebalance waits for it.
+                async with in_flight:
+                    for tp, records in fetched.items():
+                        self._uncommitted[tp] = records[-1].offset + 1
+                    yield frame
+        finally:
+            await self.close()
+
+    async def commit(self) -> None:
+        """Commit the offsets of every batch yielded so far (their outputs are acknowledged)."""
+        if self._consumer is None or not self._uncommitted:
+            return
+        offsets, self._uncommitted = self._uncommitted, {}
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as error:
+            raise ConnectorError(
+                f"Kafka at {self.bootstrap}: group {self.group!r} cannot commit offsets "
+                f"of {self.topic!r}: {error}"
+            ) from error
+
+    async def close(self) -> None:
+        """Leave the group and disconnect; uncommitted batches will be read again."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def _open(self) -> AIOKafkaConsumer:
+        reset = "latest" if self.start == "latest" or _by_timestamp(self.start) else "earliest"
+        consumer = await connect(
+            self.bootstrap,
+            lambda: AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=self.group,
+                client_id="conflux",
+                enable_auto_commit=False,
+                auto_offset_reset=reset,
+                session_timeout_ms=self.session_timeout_ms,
+                heartbeat_interval_ms=max(self.session_timeout_ms // 3, 100),
+            ),
+            AIOKafkaConsumer.stop,
+            self.retry,
+        )
+        consumer.subscribe([self.topic], listener=_Rebalance(self))
+        self._consumer = consumer
+        return consumer
+
+    def _idle_too_long(self, now: float) -> bool:
+        # a source waiting for its group (join, rebalance) is not idle: it cannot read yet
+        if self.stop_when_idle_ms is None or not self._assignment:
+            return False
+        return (now - self._last_record_at) * 1000 >= self.stop_when_idle_ms
+
+    async def _partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        assert self._in_flight is not None  # callbacks come only while `batches` runs
+        self._assignment = frozenset()
+        async with self._in_flight:
+            # The batch in flight is delivered and, if the runner commits, committed:
+            # what is left uncommitted here was never acknowledged and must be read again.
+            for tp in revoked:
+                self._uncommitted.pop(tp, None)
+
+    async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._assignment = frozenset(tp.partition for tp in assigned)
+        self._last_record_at = asyncio.get_running_loop().time()
+        if not isinstance(self.start, StartAt) or self._consumer is None:
+            return
+        consumer = self._consumer
+        fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
+        if self.start.offsets is not None:
+            for tp in fresh:
+                if tp.partition in self.start.offsets:
+                    consumer.seek(tp, self.start.offsets[tp.partition])
+        elif self.start.timestamp is not None and fresh:
+            found = await consumer.offsets_for_times({tp: self.start.timestamp for tp in fresh})
+            for tp, position in found.items():
+                if position is not None:  # None: every record is older, start at the end
+                    consumer.seek(tp, position.offset)
+
+
+def _by_timestamp(start: StartPosition) -> bool:
+    return isinstance(start, StartAt) and start.timestamp is not None
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Forwards the group's rebalance callbacks to its source."""
+
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.source._partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.source._partitions_assigned(assigned)
+
+
+def raw_frame(fetched: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> pl.DataFrame:
+    """One undecoded batch (`_raw` + envelope) from a `getmany` result, partitions in turn.
+
+    The values go into one Arrow buffer in a single call; headers are built only when some
+    record has them, since most topics carry none.
+    """
+    records = [record for batch in fetched.values() for record in batch]
+    count = len(records)
+    partitions = np.repeat(
+        np.array([tp.partition for tp in fetched], np.int32),
+        [len(batch) for batch in fetched.values()],
+    )
+    if any(record.headers for record in records):
+        headers = pa.array(
+            [
+                [{"key": key, "value": value} for key, value in record.headers] or None
+                for record in records
+            ],
+            _HEADERS_ARROW,
+        )
+    else:
+        headers = pa.nulls(count, _HEADERS_ARROW)
+    table = pa.table(
+        {
+            RAW: pa.array([record.value for record in records], pa.large_binary()),
+            KEY: pa.array([record.key for record in records], pa.binary()),
+            PARTITION: pa.array(partitions),
+            OFFSET: pa.array([record.offset for record in records], pa.int64()),
+            TIMESTAMP: pa.array([record.timestamp for record in records], pa.int64()),
+            HEADERS: headers,
+        }
+    )
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+class KafkaSink:
+    """Produce each batch to `topic`; `write` returns once the broker acknowledged it all.
+
+    A record's value is its JSON text (a dead letter's `{"reason", "raw"}`), its key the
+    `_key` column, its partition the one the Java client's default partitioner picks for
+    that key (murmur2); records without a key are spread round robin. `_headers` are
+    carried; a dead letter also gets the headers `reason`, `stage`, `source.topic` (when
+    `source_topic` is known), `source.partition` and `source.offset`. Each partition's
+    records keep their order.
+
+    A delivery that fails with a retriable error is sent again after a backoff; the last
+    failure raises ConnectorError naming topic and partition, so the runner stops before
+    committing the source's offsets. A resend may duplicate records (at least once). An
+    unreachable broker fails a write after about `retry.attempts` × `request_timeout_ms`.
+
+    Args:
+        bootstrap, topic: where to write; the topic is created with `partitions` partitions
+            when missing (an existing topic keeps its own count, which keys then follow).
+        compression: "gzip", "snappy", "lz4", "zstd" (the last three need their libraries).
+        acks: "all" (every in-sync replica), 1 (the leader) or 0 (none; nothing to retry).
+        source_topic: the topic dead letters came from, for their `source.topic` header.
+        retry: backoff for connecting and for resending a failed batch.
+        request_timeout_ms: how long one delivery attempt may take (aiokafka retries
+            within it).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        partitions: int = 4,
+        compression: Literal["gzip", "snappy", "lz4", "zstd"] | None = None,
+        acks: Literal["all", 1, 0] = "all",
+        source_topic: str | None = None,
+        retry: Retry = DEFAULT_RETRY,
+        request_timeout_ms: int = 10_000,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.partitions = partitions
+        self.compression = compression
+        self.acks = acks
+        self.source_topic = source_topic
+        self.retry = retry
+        self.request_timeout_ms = request_timeout_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._partition_count = 0
+        self._round_robin = 0
+
+    async def start(self) -> None:
+        """Create the topic if missing and connect; `write` does it when not done before."""
+        if self._producer is not None:
+            return
+        await ensure_topics(self.bootstrap, {self.topic: self.partitions}, retry=self.retry)
+        try:
+            producer = await connect(self.bootstrap, self._new_producer, _stop, self.retry)
+        except (ValueError, RuntimeError) as error:  # aiokafka's checks of its settings
+            raise ConnectorError(f"Kafka sink {self.topic!r}: {error}") from error
+        try:
+            self._partition_count = len(await producer.partitions_for(self.topic))
+        except KafkaError as error:
+            await producer.stop()
+            raise ConnectorError(
+                f"Kafka at {self.bootstrap}: no metadata for topic {self.topic!r}: {error}"
+            ) from error
+        self._producer = producer
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            client_id="conflux",
+            acks=self.acks,
+            compression_type=self.compression,
+            max_batch_size=_MAX_BATCH_BYTES,
+            request_timeout_ms=self.request_timeout_ms,
+        )
+
+    async def write(self, frame: pl.DataFrame) -> None:
+        """Produce `frame`'s rows; return once the broker acknowledged every one of them."""
+        if not frame.height:
+            return
+        await self.start()
+        keys = (
+            frame.get_column(KEY)
+            if KEY in frame.columns
+            else pl.Series(KEY, [None] * frame.height, pl.Binary)
+        )
+        values = encode_values(frame).cast(pl.Binary)
+        headers = self._headers(frame)
+        partitions = self._partitions(keys)
+        # a stable sort keeps each partition's rows in their order
+        order = np.argsort(partitions, kind="stable")
+        bounds = np.searchsorted(partitions[order], np.arange(self._partition_count + 1))
+        sends = []
+        for partition in range(self._partition_count):
+            rows = order[bounds[partition] : bounds[partition + 1]]
+            if len(rows):
+                sends.append(
+                    self._send_partition(
+                        partition,
+                        keys.gather(rows).to_list(),
+                        values.gather(rows).to_list(),
+                        [headers[row] for row in rows] if headers is not None else None,
+                    )
+                )
+        # every partition runs to its end before a failure is raised: none is left in flight
+        outcomes = await asyncio.gather(*sends, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    def _partitions(self, keys: pl.Series) -> np.ndarray:
+        """Kafka's default partition per key; null keys round robin across batches."""
+        count = self._partition_count
+        partitions = partition_for(keys.fill_null(b"").to_arrow(), count)
+        missing = keys.is_null().to_numpy()
+        if missing.any():
+            nulls = int(missing.sum())
+            partitions[missing] = (self._round_robin + np.arange(nulls)) % count
+            self._round_robin = (self._round_robin + nulls) % count
+        return partitions
+
+    def _headers(self, frame: pl.DataFrame) -> list[list[Header] | None] | None:
+        """Each row's Kafka headers: its `_headers`, and for dead letters where they failed.
+
+        None when no row has any, the usual case, which costs nothing per row.
+        """
+        carried: list[list[Header] | None] | None = None
+        if HEADERS in frame.columns and frame.get_column(HEADERS).null_count() < frame.height:
+            carried = [
+                [(pair["key"], pair["value"]) for pair in pairs] if pairs else None
+                for pairs in frame.get_column(HEADERS).to_list()
+            ]
+        if not is_dead_letter(frame):
+            return carried
+        origin = frame.select(
+            REASON,
+            STAGE,
+            *(
+                pl.col(name) if name in frame.columns else pl.lit(None).alias(name)
+                for name in (PARTITION, OFFSET)
+            ),
+        ).iter_rows()
+        headers: list[list[Header] | None] = []
+        for own, (reason, stage, partition, offset) in zip(
+            carried or [None] * frame.height, origin, strict=True
+        ):
+            pairs = [*(own or ()), ("reason", _text(reason)), ("stage", _text(stage))]
+            if self.source_topic is not None:
+                pairs.append(("source.topic", self.source_topic.encode()))
+            if partition is not None:
+                pairs.append(("source.partition", str(partition).encode()))
+            if offset is not None:
+                pairs.append(("source.offset", str(offset).encode()))
+            headers.append(pairs)
+        return headers
+
+    async def _send_partition(
+        self,
+        partition: int,
+        keys: list[bytes | None],
+        values: list[bytes],
+        headers: list[list[Header] | None] | None,
+    ) -> None:
+        """Send the rows to `partition` in size-bound batches, one after another (order)."""
+        start = 0
+        while start < len(values):
+            start = await self._send_batch(partition, keys, values, headers, start)
+
+    async def _send_batch(
+        self,
+        partition: int,
+        keys: list[bytes | None],
+        values: list[bytes],
+        headers: list[list[Header] | None] | None,
+        start: int,
+    ) -> int:
+        """Send the rows from `start` that fit one batch; return where the next batch starts."""
+        assert self._producer is not None
+        attempt = 0
+        while True:
+            attempt += 1
+            batch = self._producer.create_batch()
+            end = _fill(batch, keys, values, headers, start)
+            try:
+                delivery = await self._producer.send_batch(batch, self.topic, partition=partition)
+                await delivery
+                return end
+            except KafkaError as error:
+                retriable = error.retriable or isinstance(error, KafkaTimeoutError)
+                if not retriable or attempt >= self.retry.attempts:
+                    raise ConnectorError(
+                        f"Kafka at {self.bootstrap}: cannot deliver {end - start} records to "
+                        f"topic {self.topic!r} partition {partition}: {error!r}"
+                        + (f" (after {attempt} attempts)" if retriable else "")
+                    ) from error
+                log.warning(
+                    "delivery to %s[%d] failed (attempt %d of %d): %r; resending in %.1f s",
+                    self.topic,
+                    partition,
+                    attempt,
+                    self.retry.attempts,
+                    error,
+                    self.retry.delay(attempt),
+                )
+                await asyncio.sleep(self.retry.delay(attempt))
+
+
+def _fill(
+    batch: BatchBuilder,
+    keys: list[bytes | None],
+    values: list[bytes],
+    headers: list[list[Header] | None] | None,
+    start: int,
+) -> int:
+    """Append rows from `start` until `batch` is full; return the first row left out.
+
+    A batch always takes its first record, however large, so every call makes progress.
+    """
+    append = batch.append
+    for index in range(start, len(values)):
+        pairs = headers[index] if headers is not None else None
+        if append(timestamp=None, key=keys[index], value=values[index], headers=pairs) is None:
+            return index
+    return len(values)
+
+
+def _text(value: str | None) -> bytes:
+    return (value or "").encode()
+
+
+async def _stop(producer: AIOKafkaProducer) -> None:
+    await producer.stop()
