@@ -14,6 +14,8 @@ from engine.operators.base import MAIN, Outputs, Step, column, require_fields
 _TS = "__ts"
 _KIND = "kind"
 _SEEDS = (0x5EED_0001, 0x5EED_0002)
+#: How far the id log may outgrow the index before it is compacted (rows).
+LOG_SLACK_ROWS = 200_000
 
 
 class DedupState:
@@ -97,8 +99,8 @@ class DedupState:
         self.hashes, self.checks = self.hashes[keep], self.checks[keep]
         self.times, self.partitions = self.times[keep], self.partitions[keep]
         self._size_after_eviction = len(self.hashes)
-        if self._log_rows > 4 * len(self.hashes) + 200_000:
-            self._log = [self.snapshot()]
+        if self._log_rows > 4 * len(self.hashes) + LOG_SLACK_ROWS:
+            self._log = [self._emitted_within_horizon()]
             self._log_rows = self._log[0].height
 
     # ---- snapshots ------------------------------------------------------------------------
@@ -106,6 +108,25 @@ class DedupState:
     def snapshot(self) -> pl.DataFrame:
         """Emitted ids still within the horizon with their time, plus one row per partition
         holding its largest event time (its id columns null)."""
+        # `kind` tells the rows apart: an emitted id may itself be null
+        return pl.concat(
+            [
+                self._emitted_within_horizon().with_columns(pl.lit("emitted").alias(_KIND)),
+                self._maxima().select(
+                    PARTITION, pl.col("max_time").alias(_TS), pl.lit("max").alias(_KIND)
+                ),
+            ],
+            how="diagonal_relaxed",
+        )
+
+    def _maxima(self) -> pl.DataFrame:
+        return pl.DataFrame(
+            {PARTITION: list(self.max_time), "max_time": list(self.max_time.values())},
+            schema={PARTITION: pl.Int32, "max_time": pl.Int64},
+        )
+
+    def _emitted_within_horizon(self) -> pl.DataFrame:
+        """The log reduced to each id's last emission, dropping those past the horizon."""
         emitted = (
             pl.concat(self._log)
             if self._log
@@ -113,23 +134,11 @@ class DedupState:
                 schema={PARTITION: pl.Int32, **dict.fromkeys(self.on, pl.String), _TS: pl.Int64}
             )
         )
-        maxima = pl.DataFrame(
-            {PARTITION: list(self.max_time), "max_time": list(self.max_time.values())},
-            schema={PARTITION: pl.Int32, "max_time": pl.Int64},
-        )
-        latest = (
+        return (
             emitted.unique(subset=[PARTITION, *self.on], keep="last", maintain_order=True)
-            .join(maxima, on=PARTITION, how="left")
+            .join(self._maxima(), on=PARTITION, how="left")
             .filter(pl.col(_TS) >= pl.col("max_time") - self.horizon_ms)
             .drop("max_time")
-        )
-        # `kind` tells the rows apart: an emitted id may itself be null
-        return pl.concat(
-            [
-                latest.with_columns(pl.lit("emitted").alias(_KIND)),
-                maxima.select(PARTITION, pl.col("max_time").alias(_TS), pl.lit("max").alias(_KIND)),
-            ],
-            how="diagonal_relaxed",
         )
 
     def restore(self, table: pl.DataFrame) -> None:

@@ -12,10 +12,12 @@ import itertools
 import random
 
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
+from engine.operators import dedup as dedup_module
 from engine.operators.base import MAIN
 from engine.operators.dedup import Dedup
 
@@ -142,3 +144,21 @@ def test_eviction_and_restore_after_it_keep_the_same_events() -> None:
     assert kept == reference_kept(events, 50)
     # the state holds only what can still cause a drop: far fewer ids than were emitted
     assert restored.snapshot().height < 1_000 < 30_000 < len(kept)
+
+
+def test_log_compaction_repeated_keeps_the_same_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The id log behind snapshots is compacted again and again on a long stream."""
+    monkeypatch.setattr(dedup_module, "LOG_SLACK_ROWS", 500)
+    rng = random.Random(11)
+    events: list[Event] = []
+    clock = 0
+    for _ in range(20_000):
+        clock += rng.choice([0, 1, 2])
+        events.append((rng.randrange(2), f"id-{rng.randrange(5_000)}", clock))
+    step = Dedup(on=("id",), event_time="ts", horizon_ms=40)
+    state = step.new_state()
+    outputs = [step.process(b, state)[MAIN] for b in batches(events, list(range(0, 20_000, 700)))]
+    assert pl.concat(outputs)["position"].to_list() == reference_kept(events, 40)
+    restored = step.new_state()
+    restored.restore(state.snapshot())
+    assert restored.snapshot().equals(state.snapshot())
