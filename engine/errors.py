@@ -24,3 +24,7 @@ class SchemaError(ConfluxError):
 
 class ConnectorError(ConfluxError):
     """A source or sink cannot reach, read or write its system."""
+
+
+class CheckpointError(ConfluxError):
+    """A checkpoint cannot be written, read, or applied to the pipeline being run."""

@@ -42,7 +42,14 @@ from engine.operators.validate import Validate
 from engine.operators.window import SessionWindow, SlidingWindow, TumblingWindow
 from engine.plan import Plan, build_plan
 from engine.runners.local import LocalRunner, Progress, RunStats
-from engine.spec import MemorySinkSpec, MemorySourceSpec, PipelineSpec, SinkSpec, SourceSpec
+from engine.spec import (
+    CheckpointSpec,
+    MemorySinkSpec,
+    MemorySourceSpec,
+    PipelineSpec,
+    SinkSpec,
+    SourceSpec,
+)
 
 
 class Pipeline:
@@ -62,6 +69,7 @@ class Pipeline:
         self._live_sinks: dict[str, Sink] = {}
         self._dead_letter: str | None = None
         self._output: str | None = None
+        self._checkpoint: CheckpointSpec | None = None
 
     @classmethod
     def from_spec(cls, spec: PipelineSpec) -> Pipeline:
@@ -70,6 +78,7 @@ class Pipeline:
         pipeline._steps = list(spec.steps)
         pipeline._sinks = dict(spec.sinks)
         pipeline._dead_letter, pipeline._output = spec.dead_letter, spec.output
+        pipeline._checkpoint = spec.checkpoint
         return pipeline
 
     # ---- where records come from and go -------------------------------------------------
@@ -98,6 +107,16 @@ class Pipeline:
         """Send every rejected record, with its reason and stage, to `sink`."""
         self._dead_letter = name
         return self.sink(name, sink)
+
+    def checkpoint(self, directory: str, interval_ms: int = 1000) -> Pipeline:
+        """Checkpoint into `directory`, so that a rerun resumes there (`CheckpointSpec`)."""
+        try:
+            self._checkpoint = msgspec.convert(
+                {"directory": directory, "interval_ms": interval_ms}, CheckpointSpec
+            )
+        except msgspec.ValidationError as error:
+            raise ConfigError(f"pipeline {self.name!r}: checkpoint: {error}") from error
+        return self
 
     # ---- steps --------------------------------------------------------------------------
 
@@ -178,6 +197,7 @@ class Pipeline:
                     "sinks": self._sinks,
                     "dead_letter": self._dead_letter,
                     "output": self._output,
+                    "checkpoint": self._checkpoint,
                 },
                 PipelineSpec,
                 from_attributes=True,

@@ -138,12 +138,24 @@ class PipelineTest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     expect: dict[str, list[dict]]
 
 
+class CheckpointSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Checkpoint the run into `directory`, at most every `interval_ms` (0: every batch).
+
+    With a checkpoint, a run stopped at any point (kill -9 included) and started again with
+    the same directory continues from its last checkpoint and writes each output once
+    (`engine.runners.checkpoint`). It needs a Kafka source, and Kafka or NDJSON sinks.
+    """
+
+    directory: Annotated[str, msgspec.Meta(min_length=1)]
+    interval_ms: Annotated[int, msgspec.Meta(ge=0)] = 1000
+
+
 class PipelineSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A whole pipeline: where records come from, the steps, and where they go.
 
     `output` names the sink of the last step's main output (optional when every record
     leaves through a route). `dead_letter` names the sink of every rejected record, so
-    nothing is lost.
+    nothing is lost. `checkpoint`, when set, makes the run resumable after a crash.
     """
 
     name: str
@@ -152,6 +164,7 @@ class PipelineSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sinks: dict[str, SinkSpec]
     dead_letter: str
     output: str | None = None
+    checkpoint: CheckpointSpec | None = None
     tests: list[PipelineTest] = []
 
     def __post_init__(self) -> None:

@@ -6,8 +6,10 @@ a batch share one Arrow buffer and never exist as Python objects.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import polars as pl
@@ -24,8 +26,9 @@ from engine.batch import (
     TIMESTAMP,
     data_columns,
 )
+from engine.connectors.base import SinkPosition
 from engine.connectors.encoding import encode_values, is_dead_letter
-from engine.errors import ConnectorError
+from engine.errors import CheckpointError, ConnectorError
 
 _BLOCK_BYTES = 8 << 20
 _HEADERS_ARROW = pl.DataFrame(schema={HEADERS: HEADER_DTYPE}).to_arrow().schema.field(HEADERS).type
@@ -149,21 +152,66 @@ class ParquetSource:
 
 
 class NdjsonSink:
-    """Appends one JSON value per line; dead letters as `{"reason", "raw"}`."""
+    """Appends one JSON value per line; dead letters as `{"reason", "raw"}`.
+
+    A run starts the file afresh; a run resumed from a checkpoint (`resume`) cuts it back to
+    the length the checkpoint recorded, so the lines written after it are written once,
+    by the resumed run. `position` flushes and fsyncs the file before it says its length.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("wb")
+        self._file: BinaryIO | None = None
+
+    async def start(self) -> None:
+        """Create or empty the file; `write` does it when not done before."""
+        if self._file is None:
+            self._file = self.path.open("wb")
+
+    async def resume(self, position: SinkPosition | None) -> None:
+        """Open the file cut back to `position`'s byte length (None: empty).
+
+        Raises CheckpointError when the file is shorter than that (changed since).
+        """
+        length = 0 if position is None else position.at
+        if not isinstance(length, int):
+            raise CheckpointError(
+                f"NDJSON sink {str(self.path)!r}: a checkpoint's position must be a byte "
+                f"length, got {length!r} (was the sink another kind?)"
+            )
+        file = self.path.open("r+b" if self.path.exists() else "wb")
+        size = file.seek(0, os.SEEK_END)
+        if size < length:
+            file.close()
+            raise CheckpointError(
+                f"NDJSON sink {str(self.path)!r}: the file has {size} bytes, fewer than the "
+                f"{length} the checkpoint recorded: it was changed since; start again with "
+                "an empty checkpoint directory"
+            )
+        file.truncate(length)
+        file.seek(length)
+        self._file = file
+
+    async def position(self) -> SinkPosition:
+        """The file's length, once everything written is on disk."""
+        await self.start()
+        assert self._file is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        return SinkPosition(self._file.tell())
 
     async def write(self, frame: pl.DataFrame) -> None:
         if frame.height:
+            await self.start()
+            assert self._file is not None
             text = encode_values(frame).str.join("\n").item()
             self._file.write(text.encode())
             self._file.write(b"\n")
 
     async def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 class ParquetSink:

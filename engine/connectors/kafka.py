@@ -5,6 +5,11 @@ its outputs are acknowledged (`commit`, called after every sink's `write` return
 the sink's `write` returns only once the broker has acknowledged every record. A record
 is therefore never lost; after a crash it may be read and written again.
 
+With a checkpoint (`engine.runners.checkpoint`) the effects are exactly once, without
+broker transactions: the source restarts at the checkpoint's offsets (`KafkaSource.resume`)
+and each sink reads back what it wrote after the checkpoint and drops the same records when
+the resumed run produces them again (`KafkaSink.resume`).
+
 Both ends work on whole batches. The source turns one `getmany` into one Arrow batch (the
 values concatenated into one buffer, decoded later in one call); the sink groups a batch's
 rows by partition and appends them to one `create_batch` per partition and size limit,
@@ -43,8 +48,9 @@ from engine.batch import (
     STAGE,
     TIMESTAMP,
 )
+from engine.connectors.base import Offsets, Position, SinkPosition
 from engine.connectors.encoding import encode_values, is_dead_letter
-from engine.errors import ConfigError, ConnectorError
+from engine.errors import CheckpointError, ConfigError, ConnectorError
 from engine.partitioning import partition_for
 from engine.spec import StartAt
 
@@ -54,6 +60,9 @@ _HEADERS_ARROW = pl.DataFrame(schema={HEADERS: HEADER_DTYPE}).to_arrow().schema.
 # Kafka's default message.max.bytes is 1 MiB + 12: a produce batch stays under it.
 _MAX_BATCH_BYTES = 1_000_000
 _TOPIC_ALREADY_EXISTS = 36
+# a Kafka sink's record identity, and how many copies were read back (`KafkaSink.resume`)
+_PARTITION, _KEY, _VALUE, _COUNT, _NTH = "partition", "key", "value", "count", "nth"
+_IDENTITY = (_PARTITION, _KEY, _VALUE)
 
 StartPosition = Literal["earliest", "latest"] | StartAt
 Header = tuple[str, bytes | None]
@@ -168,6 +177,9 @@ class KafkaSource:
     A rebalance waits for the batch in flight to be delivered and committed before the
     revoked partitions are released, so their next owner starts after it.
 
+    `resume` (for checkpoints) makes the source's own position, not the group's committed
+    offsets, decide where each partition it has read continues.
+
     Args:
         bootstrap: "host:port" of a broker.
         topic, group: what to consume, and the consumer group that owns the offsets.
@@ -211,6 +223,8 @@ class KafkaSource:
         self.retry = retry
         self._consumer: AIOKafkaConsumer | None = None
         self._uncommitted: dict[TopicPartition, int] = {}
+        self._next_offsets: dict[TopicPartition, int] = {}
+        self._resumed = False
         self._in_flight: asyncio.Lock | None = None
         self._last_record_at = 0.0
         self._assignment: frozenset[int] = frozenset()
@@ -239,10 +253,39 @@ class KafkaSource:
                 # Held while the runner works on the batch: a rebalance waits for it.
                 async with in_flight:
                     for tp, records in fetched.items():
-                        self._uncommitted[tp] = records[-1].offset + 1
+                        self._uncommitted[tp] = self._next_offsets[tp] = records[-1].offset + 1
                     yield frame
         finally:
-            await self.close()
+            # A resumed source stays in its group until `close`: the runner commits the last
+            # batches of a bounded run only once its final checkpoint is written.
+            if not self._resumed:
+                await self.close()
+
+    def resume(self, position: Position | None) -> None:
+        """Continue from `position` (a checkpoint's offsets; None: nothing read yet).
+
+        Each partition in it starts at its offset even when the group committed another
+        (older, after a crash between checkpoint and commit); others start as usual. From
+        then on the source goes by its own position: a partition handed back by a rebalance
+        continues after the last batch this source yielded, since the runner's state holds
+        every record before it. Call it before `batches`; the source then stays connected
+        when its batches end, until `close`.
+        """
+        if position is not None and not isinstance(position, dict):
+            raise CheckpointError(
+                f"Kafka source {self.topic!r}: a checkpoint's position must be offsets per "
+                f"topic and partition, got {position!r} (was the source another kind?)"
+            )
+        offsets = (position or {}).get(self.topic, {})
+        self._next_offsets = {TopicPartition(self.topic, p): o for p, o in offsets.items()}
+        self._resumed = True
+
+    def position(self) -> Offsets:
+        """The next offset of each partition after the batches yielded so far (and, after
+        `resume`, its position's)."""
+        return {
+            self.topic: {tp.partition: offset for tp, offset in sorted(self._next_offsets.items())}
+        }
 
     async def commit(self) -> None:
         """Commit the offsets of every batch yielded so far (their outputs are acknowledged)."""
@@ -301,19 +344,30 @@ class KafkaSource:
     async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._assignment = frozenset(tp.partition for tp in assigned)
         self._last_record_at = asyncio.get_running_loop().time()
-        if not isinstance(self.start, StartAt) or self._consumer is None:
-            return
         consumer = self._consumer
-        fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
-        if self.start.offsets is not None:
-            for tp in fresh:
-                if tp.partition in self.start.offsets:
-                    consumer.seek(tp, self.start.offsets[tp.partition])
-        elif self.start.timestamp is not None and fresh:
-            found = await consumer.offsets_for_times({tp: self.start.timestamp for tp in fresh})
-            for tp, position in found.items():
-                if position is not None:  # None: every record is older, start at the end
-                    consumer.seek(tp, position.offset)
+        if consumer is None:
+            return
+        if isinstance(self.start, StartAt):
+            await _seek_to_start(consumer, assigned, self.start)
+        if self._resumed:
+            for tp in assigned & self._next_offsets.keys():
+                consumer.seek(tp, self._next_offsets[tp])
+
+
+async def _seek_to_start(
+    consumer: AIOKafkaConsumer, assigned: set[TopicPartition], start: StartAt
+) -> None:
+    """Place the partitions the group has no committed offset for at `start`."""
+    fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
+    if start.offsets is not None:
+        for tp in fresh:
+            if tp.partition in start.offsets:
+                consumer.seek(tp, start.offsets[tp.partition])
+    elif start.timestamp is not None and fresh:
+        found = await consumer.offsets_for_times({tp: start.timestamp for tp in fresh})
+        for tp, position in found.items():
+            if position is not None:  # None: every record is older, start at the end
+                consumer.seek(tp, position.offset)
 
 
 def _by_timestamp(start: StartPosition) -> bool:
@@ -385,6 +439,14 @@ class KafkaSink:
     committing the source's offsets. A resend may duplicate records (at least once). An
     unreachable broker fails a write after about `retry.attempts` × `request_timeout_ms`.
 
+    For checkpoints, the sink knows the next offset of each partition from its delivery
+    results (`position`). `resume` reads back what was written after a checkpoint, and
+    `write` then drops a row equal (partition, key and value) to a record read back, once
+    per copy: outputs are a function of the input, so the resumed run produces those
+    records again, and they are written once. Rows without a key match on key and value
+    alone, as their partition is round robin. While records remain unmatched, a write
+    costs one hash join of its rows with them; after that, nothing.
+
     Args:
         bootstrap, topic: where to write; the topic is created with `partitions` partitions
             when missing (an existing topic keeps its own count, which keys then follow).
@@ -419,6 +481,8 @@ class KafkaSink:
         self._producer: AIOKafkaProducer | None = None
         self._partition_count = 0
         self._round_robin = 0
+        self._next_offsets: dict[int, int] = {}
+        self._unmatched: pl.DataFrame | None = None
 
     async def start(self) -> None:
         """Create the topic if missing and connect; `write` does it when not done before."""
@@ -437,6 +501,45 @@ class KafkaSink:
                 f"Kafka at {self.bootstrap}: no metadata for topic {self.topic!r}: {error}"
             ) from error
         self._producer = producer
+
+    async def resume(self, position: SinkPosition | None) -> None:
+        """Continue the topic from a checkpoint's `position` (None: a fresh start).
+
+        Each partition is read from the checkpoint's offset to its end: those records, with
+        the checkpoint's own unmatched ones, are what `write` must not write again. A
+        partition the checkpoint does not name (None: every one) is only read to find its
+        end. Raises CheckpointError when a partition ends before the checkpoint's offset
+        (the topic was deleted or truncated since), and with `acks=0`, which gives no offsets.
+        """
+        if self.acks == 0:
+            raise CheckpointError(
+                f"Kafka sink {self.topic!r}: checkpoints need acks 'all' or 1 (acks 0 gives "
+                "no offsets to resume from)"
+            )
+        offsets: Position = {} if position is None else position.at
+        if not isinstance(offsets, dict):
+            raise CheckpointError(
+                f"Kafka sink {self.topic!r}: a checkpoint's position must be offsets per "
+                f"topic and partition, got {offsets!r} (was the sink another kind?)"
+            )
+        await self.start()
+        ends, written = await read_to_end(
+            self.bootstrap,
+            self.topic,
+            self._partition_count,
+            offsets.get(self.topic, {}),
+            retry=self.retry,
+        )
+        self._next_offsets = ends
+        if position is not None and position.unmatched is not None:
+            written = pl.concat([written, position.unmatched], how="vertical_relaxed")
+        unmatched = written.group_by(_IDENTITY).agg(pl.col(_COUNT).sum())
+        self._unmatched = unmatched if unmatched.height else None
+
+    async def position(self) -> SinkPosition:
+        """The next offset of each partition (every write returned is acknowledged), and the
+        records read back by `resume` that no write has matched yet."""
+        return SinkPosition({self.topic: dict(sorted(self._next_offsets.items()))}, self._unmatched)
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -461,6 +564,9 @@ class KafkaSink:
         values = encode_values(frame).cast(pl.Binary)
         headers = self._headers(frame)
         partitions = self._partitions(keys)
+        if self._unmatched is not None:
+            # rows written before a restart go to a partition past the last: never sent
+            partitions[self._written_before(keys, values, partitions)] = self._partition_count
         # a stable sort keeps each partition's rows in their order
         order = np.argsort(partitions, kind="stable")
         bounds = np.searchsorted(partitions[order], np.arange(self._partition_count + 1))
@@ -486,6 +592,31 @@ class KafkaSink:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
+
+    def _written_before(
+        self, keys: pl.Series, values: pl.Series, partitions: np.ndarray
+    ) -> np.ndarray:
+        """Which rows match a record still unmatched since `resume`; they become matched.
+
+        Each record read back matches one row: the first rows equal to it, in order.
+        """
+        assert self._unmatched is not None
+        rows = _identity(keys, values, partitions).with_columns(
+            pl.int_range(pl.len()).over(_IDENTITY).alias(_NTH)
+        )
+        counts = rows.join(
+            self._unmatched, on=_IDENTITY, how="left", nulls_equal=True, maintain_order="left"
+        )
+        written = (counts.get_column(_NTH) < counts.get_column(_COUNT)).fill_null(False)
+        matched = rows.filter(written).group_by(_IDENTITY).agg(pl.len().alias(_NTH))
+        unmatched = (
+            self._unmatched.join(matched, on=_IDENTITY, how="left", nulls_equal=True)
+            .with_columns(pl.col(_COUNT) - pl.col(_NTH).fill_null(0))
+            .filter(pl.col(_COUNT) > 0)
+            .drop(_NTH)
+        )
+        self._unmatched = unmatched if unmatched.height else None
+        return written.to_numpy()
 
     def _partitions(self, keys: pl.Series) -> np.ndarray:
         """Kafka's default partition per key; null keys round robin across batches."""
@@ -562,7 +693,9 @@ class KafkaSink:
             end = _fill(batch, keys, values, headers, start)
             try:
                 delivery = await self._producer.send_batch(batch, self.topic, partition=partition)
-                await delivery
+                metadata = await delivery
+                # the batch's first offset; acks=0 gives -1, which no checkpoint uses
+                self._next_offsets[partition] = metadata.offset + end - start
                 return end
             except KafkaError as error:
                 retriable = error.retriable or isinstance(error, KafkaTimeoutError)
@@ -601,6 +734,96 @@ def _fill(
         if append(timestamp=None, key=keys[index], value=values[index], headers=pairs) is None:
             return index
     return len(values)
+
+
+async def read_to_end(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    starts: Mapping[int, int],
+    *,
+    retry: Retry = DEFAULT_RETRY,
+    timeout_s: float = 30.0,
+) -> tuple[dict[int, int], pl.DataFrame]:
+    """Read `topic` to its end: the next offset of each partition, and the records of the
+    partitions in `starts` from their start offset on.
+
+    A partition not in `starts` is read from its "latest" offset only to find its end.
+    The end is the high watermark of fetch responses, reached by reading: a Tansu broker's
+    ListOffsets "latest" is the last batch's first offset + 1, not the high watermark.
+    Records come as `partition` (null when the key is), `key`, `value` and `count` (1).
+    Raises ConnectorError when no record comes for `timeout_s` before the end is reached.
+    """
+    consumer = await connect(
+        bootstrap,
+        lambda: AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, client_id="conflux", enable_auto_commit=False
+        ),
+        AIOKafkaConsumer.stop,
+        retry,
+    )
+    try:
+        assigned = [TopicPartition(topic, partition) for partition in range(partitions)]
+        consumer.assign(assigned)
+        latest = await consumer.end_offsets(assigned)
+        ends = {tp.partition: starts.get(tp.partition, latest[tp]) for tp in assigned}
+        for tp in assigned:
+            consumer.seek(tp, ends[tp.partition])
+        keys: list[bytes | None] = []
+        values: list[bytes] = []
+        owners: list[int] = []
+        loop = asyncio.get_running_loop()
+        progressed_at = loop.time()
+        while behind := [
+            tp
+            for tp in assigned
+            if consumer.highwater(tp) is None or ends[tp.partition] < consumer.highwater(tp)
+        ]:
+            if loop.time() - progressed_at > timeout_s:
+                raise ConnectorError(
+                    f"Kafka at {bootstrap}: topic {topic!r}: no record came for {timeout_s} s "
+                    f"while reading partitions {[tp.partition for tp in behind]} to their end"
+                )
+            fetched = await consumer.getmany(*behind, timeout_ms=100)
+            for tp, records in fetched.items():
+                ends[tp.partition] = records[-1].offset + 1
+                progressed_at = loop.time()
+                if tp.partition in starts:
+                    keys.extend(record.key for record in records)
+                    values.extend(record.value for record in records)
+                    owners.extend([tp.partition] * len(records))
+        for tp in assigned:
+            highwater = consumer.highwater(tp)
+            if tp.partition in starts and highwater < starts[tp.partition]:
+                raise CheckpointError(
+                    f"Kafka at {bootstrap}: topic {topic!r} partition {tp.partition} ends at "
+                    f"offset {highwater}, before the checkpoint's {starts[tp.partition]}: it "
+                    "was deleted or truncated since; start again with an empty checkpoint "
+                    "directory"
+                )
+    except KafkaError as error:
+        raise ConnectorError(
+            f"Kafka at {bootstrap}: cannot read topic {topic!r}: {error}"
+        ) from error
+    finally:
+        await consumer.stop()
+    read = _identity(
+        pl.Series(keys, dtype=pl.Binary), pl.Series(values, dtype=pl.Binary), np.array(owners)
+    )
+    return ends, read.with_columns(pl.lit(1, pl.Int64).alias(_COUNT))
+
+
+def _identity(keys: pl.Series, values: pl.Series, partitions: np.ndarray) -> pl.DataFrame:
+    """What makes two records the same output: partition (null for a null key), key, value."""
+    return pl.DataFrame(
+        {
+            _PARTITION: pl.Series(partitions, dtype=pl.Int32),
+            _KEY: keys.alias(_KEY),
+            _VALUE: values.alias(_VALUE),
+        }
+    ).with_columns(
+        pl.when(pl.col(_KEY).is_null()).then(None).otherwise(pl.col(_PARTITION)).alias(_PARTITION)
+    )
 
 
 def _text(value: str | None) -> bytes:

@@ -6,12 +6,24 @@ input, each step's `finish` outputs flow through the steps after it. The runner 
 step's state. Deterministic: the same input gives the same outputs, batch split included
 (each operator guarantees that its outputs do not depend on where batches are cut).
 
-It also measures where time goes: nanoseconds per input message for reading, for each step
-and for writing each sink, which `RunStats.breakdown` reports.
+With a checkpoint (`PipelineSpec.checkpoint`) the effects of a run are exactly once: a
+run killed at any point and started again with the same directory writes every output
+once and loses none. The runner restores each stateful step's state from the last
+checkpoint, places the source at the checkpoint's offsets, cuts NDJSON sinks back to the
+checkpoint's length and has Kafka sinks drop the outputs they had already written after it
+(`engine.runners.checkpoint`, `KafkaSink.resume`). A checkpoint is written once a batch's
+outputs are acknowledged and `interval_ms` has passed since the last one, and at the end
+of a bounded input; the source's offsets are committed to its system only after that, so
+they never run ahead of a checkpoint. Without a checkpoint, the source commits after every
+batch: at least once, and a rerun starts with empty state.
+
+It also measures where time goes: nanoseconds per input message for reading, for each step,
+for writing each sink and for checkpointing, which `RunStats.breakdown` reports.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -21,19 +33,23 @@ from typing import Any
 import polars as pl
 import uvloop
 
-from engine.connectors.base import Sink, Source
-from engine.operators.base import DEAD_LETTER, MAIN, Outputs
+from engine.connectors.base import ResumableSink, ResumableSource, Sink, Source
+from engine.errors import CheckpointError
+from engine.operators.base import DEAD_LETTER, MAIN, Outputs, Step
 from engine.plan import Plan
+from engine.runners.checkpoint import Checkpoint, CheckpointStore
 
 Progress = Callable[[int], None]
 
 
 @dataclass
 class RunStats:
-    """What a run did: messages in, rows per sink, and nanoseconds spent per stage."""
+    """What a run did: messages in, rows per sink, checkpoints written, and nanoseconds
+    spent per stage."""
 
     messages: int = 0
     batches: int = 0
+    checkpoints: int = 0
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
     rows_out: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -45,8 +61,23 @@ class RunStats:
         return {stage: ns / per for stage, ns in self.stage_ns.items()}
 
 
+@dataclass(frozen=True)
+class _Checkpointing:
+    """A run's checkpoint store, and its source and sinks seen as resumable."""
+
+    store: CheckpointStore
+    source: ResumableSource
+    sinks: dict[str, ResumableSink]
+    interval_s: float
+
+
 class LocalRunner:
-    """Run `plan` from `source` into `sinks` (sink name → sink) in this process."""
+    """Run `plan` from `source` into `sinks` (sink name → sink) in this process.
+
+    With `plan.spec.checkpoint`, the source must be resumable (`ResumableSource`: Kafka)
+    and so must every sink (`ResumableSink`: Kafka, NDJSON); `run` raises CheckpointError
+    naming the one that is not before anything is read.
+    """
 
     def __init__(
         self,
@@ -69,14 +100,18 @@ class LocalRunner:
     async def run_async(self) -> RunStats:
         wall, cpu = time.perf_counter(), time.process_time()
         batches = self.source.batches()
+        checkpointing = self._checkpointing()
         # optional connector hooks: sinks that create their topics first (Kafka), and
         # sources that commit a batch once its outputs are written (at least once)
         commit = getattr(self.source, "commit", None)
         try:
+            if checkpointing is not None:
+                await self._resume(checkpointing)
             for sink in self.sinks.values():
                 start = getattr(sink, "start", None)
                 if start is not None:
                     await start()
+            checkpointed_at = time.monotonic()
             while True:
                 started = time.perf_counter_ns()
                 try:
@@ -87,21 +122,113 @@ class LocalRunner:
                 self.stats.messages += batch.height
                 self.stats.batches += 1
                 await self._deliver(self._push(0, batch))
-                if commit is not None:
-                    await commit()
+                if checkpointing is None:
+                    if commit is not None:
+                        await commit()
+                elif time.monotonic() - checkpointed_at >= checkpointing.interval_s:
+                    await self._checkpoint(checkpointing)
+                    checkpointed_at = time.monotonic()
                 if self.progress is not None:
                     self.progress(batch.height)
             for index, (step, state) in enumerate(zip(self.plan.steps, self.states, strict=True)):
                 await self._deliver(self._follow(index, step.finish(state)))
+            if checkpointing is not None:
+                await self._checkpoint(checkpointing)
         finally:
             close = getattr(batches, "aclose", None)
             if close is not None:
                 await close()
+            if checkpointing is not None:
+                # a resumed source stays connected after its batches, for the last commit
+                await checkpointing.source.close()
             for sink in self.sinks.values():
                 await sink.close()
         self.stats.wall_seconds = time.perf_counter() - wall
         self.stats.cpu_seconds = time.process_time() - cpu
         return self.stats
+
+    def _checkpointing(self) -> _Checkpointing | None:
+        """What checkpoints need, once the source and sinks are known to support them;
+        None when the plan has no checkpoint."""
+        spec = self.plan.spec.checkpoint
+        if spec is None:
+            return None
+        if not isinstance(self.source, ResumableSource):
+            raise CheckpointError(
+                f"pipeline {self.plan.spec.name!r}: checkpoint: the source "
+                f"({type(self.source).__name__}) cannot resume from a position; "
+                "checkpoints need a Kafka source"
+            )
+        sinks: dict[str, ResumableSink] = {}
+        for name, sink in self.sinks.items():
+            if not isinstance(sink, ResumableSink):
+                raise CheckpointError(
+                    f"pipeline {self.plan.spec.name!r}: checkpoint: sink {name!r} "
+                    f"({type(sink).__name__}) cannot resume its output; checkpoints need "
+                    "Kafka or NDJSON sinks"
+                )
+            sinks[name] = sink
+        return _Checkpointing(
+            CheckpointStore(spec.directory), self.source, sinks, spec.interval_ms / 1000
+        )
+
+    async def _resume(self, checkpointing: _Checkpointing) -> None:
+        """Continue from the last checkpoint, or write the first one: where each sink's
+        output begins, so that even a run killed before its second checkpoint resumes."""
+        checkpoint = checkpointing.store.load()
+        if checkpoint is not None:
+            self._restore_states(checkpoint, checkpointing.store)
+        checkpointing.source.resume(checkpoint.source if checkpoint else None)
+        await asyncio.gather(
+            *(
+                sink.resume(checkpoint.sinks.get(name) if checkpoint else None)
+                for name, sink in checkpointing.sinks.items()
+            )
+        )
+        if checkpoint is None:
+            await self._checkpoint(checkpointing)
+
+    def _restore_states(self, checkpoint: Checkpoint, store: CheckpointStore) -> None:
+        stateful = {str(step.name): state for step, state in self._stateful()}
+        if stateful.keys() != checkpoint.states.keys():
+            raise CheckpointError(
+                f"checkpoint {checkpoint.number} in {str(store.directory)!r} holds the "
+                f"state of steps {sorted(checkpoint.states)}, but pipeline "
+                f"{self.plan.spec.name!r} has stateful steps {sorted(stateful)}: its steps "
+                "changed since; start again with an empty checkpoint directory"
+            )
+        for name, state in stateful.items():
+            state.restore(checkpoint.states[name])
+
+    async def _checkpoint(self, checkpointing: _Checkpointing) -> None:
+        """Write a checkpoint of the batches delivered so far, then commit the source.
+
+        Called between batches: every output is acknowledged and no batch is being read,
+        so positions and states describe the same point of the input.
+        """
+        started = time.perf_counter_ns()
+        names = list(checkpointing.sinks)
+        positions = await asyncio.gather(
+            *(sink.position() for sink in checkpointing.sinks.values())
+        )
+        states = {str(step.name): state.snapshot() for step, state in self._stateful()}
+        # off the event loop: the source's group heartbeats go on while files are fsynced
+        await asyncio.to_thread(
+            checkpointing.store.save,
+            checkpointing.source.position(),
+            dict(zip(names, positions, strict=True)),
+            states,
+        )
+        await checkpointing.source.commit()
+        self.stats.checkpoints += 1
+        self.stats.stage_ns["checkpoint"] += time.perf_counter_ns() - started
+
+    def _stateful(self) -> list[tuple[Step, Any]]:
+        return [
+            (step, state)
+            for step, state in zip(self.plan.steps, self.states, strict=True)
+            if step.stateful
+        ]
 
     def _push(self, start: int, batch: pl.DataFrame) -> dict[str, list[pl.DataFrame]]:
         """Run `batch` through the steps from `start`; collect what goes to each sink."""

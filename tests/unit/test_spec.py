@@ -13,6 +13,7 @@ from engine.operators.filter import Filter
 from engine.operators.route import Route
 from engine.operators.transform import Transform
 from engine.spec import (
+    CheckpointSpec,
     FileSinkSpec,
     FileSourceSpec,
     MemorySinkSpec,
@@ -108,6 +109,18 @@ def test_the_w1_file_pipeline_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     assert spec.sinks["w1.out.eu"] == FileSinkSpec(path="outdir/w1.out.eu.ndjson")
     assert (spec.output, spec.dead_letter) == ("w1.agg", "w1.dlq")
+
+
+def test_the_w1_kafka_pipeline_checkpoints_into_w1_workdir(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = Path(__file__).parents[2] / "pipelines" / "w1.yaml"
+    monkeypatch.setenv("W1_WORKDIR", "work")
+    assert load_spec(path).checkpoint == CheckpointSpec(directory="work", interval_ms=1000)
+    monkeypatch.delenv("W1_WORKDIR")
+    with pytest.raises(ConfigError) as raised:
+        load_spec(path)
+    assert str(raised.value) == f"{path}: environment variable W1_WORKDIR is not set"
 
 
 def test_an_unset_variable_is_named(pipeline_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,6 +247,18 @@ PLAIN = PIPELINE.replace("${ORDERS_INPUT}", "in.ndjson").replace("${ORDERS_OUTPU
             "",
             "Object missing required field `dead_letter`",
             id="missing top-level field",
+        ),
+        pytest.param(
+            "dead_letter: dlq\n",
+            "dead_letter: dlq\ncheckpoint: {directory: ''}\n",
+            "Expected `str` of length >= 1 - at `$.checkpoint.directory`",
+            id="empty checkpoint directory",
+        ),
+        pytest.param(
+            "dead_letter: dlq\n",
+            "dead_letter: dlq\ncheckpoint: {directory: work, interval_ms: -1}\n",
+            "Expected `int` >= 0 - at `$.checkpoint.interval_ms`",
+            id="negative checkpoint interval",
         ),
     ],
 )
