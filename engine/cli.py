@@ -5,6 +5,9 @@
     conflux run FILE [--runner local] [--bootstrap HOST:PORT] [--stop-when-idle SECONDS]
     conflux test FILE              run the tests kept in the pipeline's `tests:` section
     conflux broker [--port PORT]   run the embedded Kafka-compatible broker until Ctrl-C
+    conflux replay --from DLQ_TOPIC --to TOPIC --bootstrap HOST:PORT [--group G]
+                   [--stop-when-idle SECONDS]
+                                   re-inject dead letters' original messages after a fix
 
 Schemas named in a pipeline (`module:Struct`) are imported with the working directory and
 the pipeline file's directory on the import path, as `ray job submit --working-dir .` has.
@@ -13,6 +16,7 @@ the pipeline file's directory on the import path, as `ray job submit --working-d
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 import threading
@@ -22,10 +26,11 @@ import msgspec
 import orjson
 
 from engine.broker import EmbeddedBroker
-from engine.connectors import MemorySink, MemorySource
+from engine.connectors import KafkaSource, MemorySink, MemorySource
 from engine.errors import ConfigError, ConfluxError
 from engine.pipeline import Pipeline
 from engine.plan import build_plan
+from engine.replay import RawKafkaSink, replay
 from engine.spec import (
     KafkaSinkSpec,
     KafkaSourceSpec,
@@ -66,10 +71,29 @@ def main(argv: list[str] | None = None) -> int:
             )
     broker = commands.add_parser("broker", help="run the embedded Kafka-compatible broker")
     broker.add_argument("--port", type=int, help="loopback port (default: a free one)")
+    replaying = commands.add_parser(
+        "replay", help="produce the original messages of a dead-letter topic to a topic"
+    )
+    replaying.add_argument("--from", dest="dead_letter_topic", required=True, metavar="DLQ_TOPIC")
+    replaying.add_argument("--to", dest="topic", required=True, metavar="TOPIC")
+    replaying.add_argument("--bootstrap", required=True, metavar="HOST:PORT")
+    replaying.add_argument(
+        "--group",
+        help="consumer group keeping the replay's position in DLQ_TOPIC "
+        "(default: conflux-replay.DLQ_TOPIC.TOPIC, so a second replay sends only new letters)",
+    )
+    replaying.add_argument(
+        "--stop-when-idle",
+        type=float,
+        metavar="SECONDS",
+        help="end once no new dead letter has arrived for this long (default: run until Ctrl-C)",
+    )
     arguments = parser.parse_args(argv)
     try:
         if arguments.command == "broker":
             return _broker(arguments.port)
+        if arguments.command == "replay":
+            return _replay(arguments)
         sys.path[:0] = [str(Path.cwd()), str(arguments.file.resolve().parent.parent)]
         spec = load_spec(arguments.file)
         if arguments.command == "validate":
@@ -151,6 +175,33 @@ def _broker(port: int | None) -> int:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _replay(arguments: argparse.Namespace) -> int:
+    """Replay DLQ_TOPIC into TOPIC from the group's position (the earliest the first time)."""
+    group = arguments.group or f"conflux-replay.{arguments.dead_letter_topic}.{arguments.topic}"
+    idle_s = arguments.stop_when_idle
+    source = KafkaSource(
+        arguments.bootstrap,
+        arguments.dead_letter_topic,
+        group,
+        start="earliest",
+        stop_when_idle_ms=None if idle_s is None else max(int(idle_s * 1000), 1),
+        # Kafka's smallest allowed session; Tansu holds a group join for half of it
+        session_timeout_ms=6000,
+    )
+    sink = RawKafkaSink(arguments.bootstrap, arguments.topic)
+    replayed = asyncio.run(replay(source, sink))
+    print(
+        f"replayed {replayed.messages:,} dead letters from {arguments.dead_letter_topic} "
+        f"to {arguments.topic}"
+        + (
+            f"; left out {replayed.failed_again:,} that failed again after this replay"
+            if replayed.failed_again
+            else ""
+        )
+    )
+    return 0
 
 
 def _test(spec: PipelineSpec) -> int:
