@@ -318,6 +318,9 @@ class KafkaSource:
                 auto_offset_reset=reset,
                 session_timeout_ms=self.session_timeout_ms,
                 heartbeat_interval_ms=max(self.session_timeout_ms // 3, 100),
+                # a fetch may wait no longer than a batch may linger: with aiokafka's 500 ms
+                # default, a quiet topic's records waited a whole fetch round (p50 +60 ms)
+                fetch_max_wait_ms=max(self.linger_ms, 1),
             ),
             AIOKafkaConsumer.stop,
             self.retry,

@@ -269,9 +269,20 @@ class LocalRunner:
         return outputs.get(MAIN)
 
     async def _deliver(self, routed: dict[str, list[pl.DataFrame]]) -> None:
-        for sink_name, frames in routed.items():
+        """Write each sink's rows; sinks write concurrently, so their broker round trips
+        overlap (encoding is CPU work and runs one sink at a time either way)."""
+
+        async def deliver(sink_name: str, frames: list[pl.DataFrame]) -> None:
             frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
             started = time.perf_counter_ns()
             await self.sinks[sink_name].write(frame)
             self.stats.stage_ns[f"write {sink_name}"] += time.perf_counter_ns() - started
             self.stats.rows_out[sink_name] += frame.height
+
+        writes = [asyncio.ensure_future(deliver(name, frames)) for name, frames in routed.items()]
+        try:
+            await asyncio.gather(*writes)
+        except BaseException:
+            for write in writes:  # one sink failed: the batch is not delivered, stop the rest
+                write.cancel()
+            raise
