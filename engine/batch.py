@@ -17,7 +17,9 @@ with them and encoders can leave them out:
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 
 RAW = "_raw"
 KEY = "_key"
@@ -30,6 +32,10 @@ REASON = "_reason"
 STAGE = "_stage"
 
 HEADER_DTYPE = pl.List(pl.Struct({"key": pl.String(), "value": pl.Binary()}))
+#: `HEADER_DTYPE` as Arrow spells it, for sources that build batches in Arrow.
+HEADER_ARROW_TYPE = (
+    pl.DataFrame(schema={HEADERS: HEADER_DTYPE}).to_arrow().schema.field(HEADERS).type
+)
 ENVELOPE_SCHEMA = pl.Schema(
     {
         KEY: pl.Binary(),
@@ -94,3 +100,13 @@ def dead_letters(
             if name not in (REASON, STAGE)
         ],
     )
+
+
+def value_buffers(values: pa.LargeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
+    """A LargeBinary array's value offsets (count + 1, int64) and data bytes (uint8), as
+    numpy views without copying: value i is `data[offsets[i]:offsets[i + 1]]`, and all the
+    values, back to back, are `data[offsets[0]:offsets[-1]]`."""
+    count = len(values)
+    offsets = np.frombuffer(values.buffers()[1], np.int64, count + 1, values.offset * 8)
+    data = np.frombuffer(values.buffers()[2] or b"\0", np.uint8)
+    return offsets, data

@@ -31,7 +31,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.batch import EXTRA, RAW, data_columns, dead_letters
+from engine.batch import EXTRA, RAW, data_columns, dead_letters, value_buffers
 from engine.schema import Schema
 
 _ROW = "__row"
@@ -58,8 +58,7 @@ def _screen(values: pa.LargeBinaryArray) -> _Screen:
     count = len(values)
     if count == 0:
         return _Screen(np.zeros(0, bool), np.zeros(0, np.int32))
-    offsets = np.frombuffer(values.buffers()[1], np.int64, count + 1, values.offset * 8)
-    data = np.frombuffer(values.buffers()[2] or b"\0", np.uint8)
+    offsets, data = value_buffers(values)
     starts, ends = offsets[:-1], offsets[1:]
     lengths = ends - starts
     nonempty = lengths > 0
@@ -175,8 +174,8 @@ class JsonCodec:
         """
         masked = pc.if_else(pa.array(complete), values, _EMPTY_OBJECT)
         lines = pc.binary_join_element_wise(masked, _NOTHING, _NEWLINE)
-        offsets = np.frombuffer(lines.buffers()[1], np.int64, len(lines) + 1, lines.offset * 8)
-        buffer = memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]]
+        offsets, data = value_buffers(lines)
+        buffer = data[offsets[0] : offsets[-1]]
         try:
             frame = pl.read_ndjson(io.BytesIO(buffer), schema=self._read_schema, ignore_errors=True)
             return frame, complete.copy()
@@ -357,8 +356,8 @@ class MsgpackCodec:
 def _msgpack_array(values: pa.LargeBinaryArray) -> memoryview | bytes:
     """Frame concatenated MessagePack values as one array, without copying each value."""
     count = len(values)
-    offsets = np.frombuffer(values.buffers()[1], np.int64, count + 1, values.offset * 8)
-    body = memoryview(values.buffers()[2] or b"")[offsets[0] : offsets[-1]]
+    offsets, data = value_buffers(values)
+    body = data[offsets[0] : offsets[-1]]
     if count < 16:
         header = bytes([0x90 | count])
     elif count < 65536:

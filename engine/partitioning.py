@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from engine.batch import value_buffers
+
 _SEED = np.uint32(0x9747B28C)
 _M = np.uint32(0x5BD1E995)
 
@@ -21,9 +23,7 @@ def murmur2(keys: pa.Array) -> np.ndarray:
     [3321034988, 479470107]
     """
     keys = keys.cast(pa.large_binary())
-    count = len(keys)
-    offsets = np.frombuffer(keys.buffers()[1], np.int64, count + 1, keys.offset * 8)
-    data = np.frombuffer(keys.buffers()[2] or b"\0", np.uint8)
+    offsets, data = value_buffers(keys)
     starts, lengths = offsets[:-1], (offsets[1:] - offsets[:-1]).astype(np.int64)
     with np.errstate(over="ignore"):
         h = _SEED ^ lengths.astype(np.uint32)

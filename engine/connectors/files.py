@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.batch import (
+    HEADER_ARROW_TYPE,
     HEADER_DTYPE,
     HEADERS,
     KEY,
@@ -31,7 +32,6 @@ from engine.connectors.encoding import encode_values, is_dead_letter
 from engine.errors import CheckpointError, ConnectorError
 
 _BLOCK_BYTES = 8 << 20
-_HEADERS_ARROW = pl.DataFrame(schema={HEADERS: HEADER_DTYPE}).to_arrow().schema.field(HEADERS).type
 
 
 class NdjsonSource:
@@ -119,7 +119,7 @@ def _raw_frame(values: pa.LargeBinaryArray, first_line: int) -> pl.DataFrame:
         PARTITION: pa.array(np.zeros(count, np.int32)),
         OFFSET: pa.array(np.arange(first_line, first_line + count, dtype=np.int64)),
         TIMESTAMP: pa.nulls(count, pa.int64()),
-        HEADERS: pa.nulls(count, _HEADERS_ARROW),
+        HEADERS: pa.nulls(count, HEADER_ARROW_TYPE),
     }
     frame = pl.from_arrow(pa.table(columns))
     assert isinstance(frame, pl.DataFrame)

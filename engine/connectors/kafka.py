@@ -38,7 +38,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from engine.batch import (
-    HEADER_DTYPE,
+    HEADER_ARROW_TYPE,
     HEADERS,
     KEY,
     OFFSET,
@@ -56,7 +56,6 @@ from engine.spec import StartAt
 
 log = logging.getLogger(__name__)
 
-_HEADERS_ARROW = pl.DataFrame(schema={HEADERS: HEADER_DTYPE}).to_arrow().schema.field(HEADERS).type
 # Kafka's default message.max.bytes is 1 MiB + 12: a produce batch stays under it.
 _MAX_BATCH_BYTES = 1_000_000
 _TOPIC_ALREADY_EXISTS = 36
@@ -408,10 +407,10 @@ def raw_frame(fetched: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> pl.
                 [{"key": key, "value": value} for key, value in record.headers] or None
                 for record in records
             ],
-            _HEADERS_ARROW,
+            HEADER_ARROW_TYPE,
         )
     else:
-        headers = pa.nulls(count, _HEADERS_ARROW)
+        headers = pa.nulls(count, HEADER_ARROW_TYPE)
     table = pa.table(
         {
             RAW: pa.array([record.value for record in records], pa.large_binary()),
