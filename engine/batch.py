@@ -13,6 +13,8 @@ with them and encoders can leave them out:
 - `_extra` (String, nullable): JSON object of the fields the schema does not declare,
   carried through unchanged and merged back when the record is encoded.
 - `_reason`, `_stage` (String): on dead-letter batches, why and where a record failed.
+- `_value` (String): a record already encoded as its message value (JSON text), so that a
+  sink in another process only writes it (`engine.connectors.encoding.preencode`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ HEADERS = "_headers"
 EXTRA = "_extra"
 REASON = "_reason"
 STAGE = "_stage"
+VALUE = "_value"
 
 HEADER_DTYPE = pl.List(pl.Struct({"key": pl.String(), "value": pl.Binary()}))
 #: `HEADER_DTYPE` as Arrow spells it, for sources that build batches in Arrow.

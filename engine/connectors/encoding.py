@@ -5,8 +5,11 @@ from __future__ import annotations
 import orjson
 import polars as pl
 
-from engine.batch import RAW, REASON, STAGE
+from engine.batch import HEADERS, KEY, OFFSET, PARTITION, RAW, REASON, STAGE, VALUE
 from engine.codec import encode_json
+
+#: What sinks read besides a record's value: its key, headers and a dead letter's origin.
+_CARRIED = (KEY, HEADERS, REASON, STAGE, PARTITION, OFFSET)
 
 
 def is_dead_letter(frame: pl.DataFrame) -> bool:
@@ -18,8 +21,10 @@ def encode_values(frame: pl.DataFrame) -> pl.Series:
 
     A dead letter's reason names its stage and the field that was wrong; `raw` is the
     original value as UTF-8 text with undecodable bytes replaced. Dead letters are rare,
-    so they are built row by row.
+    so they are built row by row. A frame from `preencode` gives its values as they are.
     """
+    if VALUE in frame.columns:
+        return frame.get_column(VALUE)
     if not is_dead_letter(frame):
         return encode_json(frame)
     values = [
@@ -32,3 +37,14 @@ def encode_values(frame: pl.DataFrame) -> pl.Series:
         for reason, stage, raw in frame.select(REASON, STAGE, RAW).iter_rows()
     ]
     return pl.Series("value", values, pl.String)
+
+
+def preencode(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` as message-based sinks (NDJSON, Kafka) read it: each row's value encoded
+    once (`_value`), with the envelope columns they use and none of the fields.
+
+    A distributed runner encodes in its workers, in parallel, and ships only this to the
+    process that writes the sink.
+    """
+    carried = [name for name in _CARRIED if name in frame.columns]
+    return frame.select(carried).with_columns(encode_values(frame).alias(VALUE))

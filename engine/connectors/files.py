@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -126,6 +127,59 @@ def _raw_frame(values: pa.LargeBinaryArray, first_line: int) -> pl.DataFrame:
     return frame
 
 
+@dataclass(frozen=True)
+class NdjsonSplit:
+    """Bytes [start, end) of an NDJSON file: the lines `first_line`, `first_line + 1`, ...
+
+    A distributed runner hands splits to workers, which read them themselves; the lines of
+    a split are exactly those of one `NdjsonSource` batch.
+    """
+
+    path: str
+    start: int
+    end: int
+    first_line: int
+
+    def read(self) -> pl.DataFrame:
+        """The split's lines as one undecoded batch, as `NdjsonSource` yields it."""
+        with open(self.path, "rb") as file:
+            file.seek(self.start)
+            data = file.read(self.end - self.start)
+        if not data.endswith(b"\n"):
+            data += b"\n"  # the file's last line, without its newline
+        return _raw_frame(_split_lines(data), self.first_line)
+
+
+def ndjson_splits(
+    path: str | Path, batch_size: int, start: int = 0, first_line: int = 0
+) -> Iterator[NdjsonSplit]:
+    """Cut the file from byte `start` (line `first_line`) into splits of `batch_size` lines.
+
+    Only newlines are looked at (numpy over 8 MiB blocks), so enumerating costs a fraction
+    of reading the lines into batches.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConnectorError(f"NDJSON source: no such file: {path}")
+    split_start, line = start, first_line
+    in_split = 0  # lines of the current split seen so far
+    with path.open("rb") as file:
+        file.seek(start)
+        block_start = start
+        while block := file.read(_BLOCK_BYTES):
+            ends = np.flatnonzero(np.frombuffer(block, np.uint8) == ord("\n")) + 1
+            taken = 0
+            while len(ends) - taken >= batch_size - in_split:
+                taken += batch_size - in_split
+                end = block_start + int(ends[taken - 1])
+                yield NdjsonSplit(str(path), split_start, end, line)
+                split_start, line, in_split = end, line + batch_size, 0
+            in_split += len(ends) - taken
+            block_start += len(block)
+    if block_start > split_start:  # lines after the last full split, the last maybe unended
+        yield NdjsonSplit(str(path), split_start, block_start, line)
+
+
 class ParquetSource:
     """Yields already-columnar batches from a Parquet file (no decode step needed)."""
 
@@ -138,17 +192,48 @@ class ParquetSource:
             raise ConnectorError(f"Parquet source: no such file: {self.path}")
         offset = 0
         for record_batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_size):
-            frame = pl.from_arrow(record_batch)
-            assert isinstance(frame, pl.DataFrame)
-            count = frame.height
-            yield frame.with_columns(
-                pl.lit(None, pl.Binary).alias(KEY),
-                pl.lit(0, pl.Int32).alias(PARTITION),
-                pl.Series(OFFSET, np.arange(offset, offset + count, dtype=np.int64)),
-                pl.lit(None, pl.Int64).alias(TIMESTAMP),
-                pl.lit(None, HEADER_DTYPE).alias(HEADERS),
-            )
-            offset += count
+            yield _with_envelope(record_batch, offset)
+            offset += record_batch.num_rows
+
+
+@dataclass(frozen=True)
+class ParquetSplit:
+    """One row group of a Parquet file, as one batch; its first row is row `first_row`."""
+
+    path: str
+    row_group: int
+    first_row: int
+
+    def read(self) -> pl.DataFrame:
+        return _with_envelope(
+            pq.ParquetFile(self.path).read_row_group(self.row_group), self.first_row
+        )
+
+
+def parquet_splits(path: str | Path, start_group: int = 0) -> Iterator[ParquetSplit]:
+    """One split per row group, from row group `start_group`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConnectorError(f"Parquet source: no such file: {path}")
+    metadata = pq.ParquetFile(path).metadata
+    first_row = sum(metadata.row_group(group).num_rows for group in range(start_group))
+    for group in range(start_group, metadata.num_row_groups):
+        yield ParquetSplit(str(path), group, first_row)
+        first_row += metadata.row_group(group).num_rows
+
+
+def _with_envelope(rows: pa.RecordBatch | pa.Table, first_row: int) -> pl.DataFrame:
+    """Columnar rows with the envelope a message source gives (offset: the row number)."""
+    frame = pl.from_arrow(rows)
+    assert isinstance(frame, pl.DataFrame)
+    count = frame.height
+    return frame.with_columns(
+        pl.lit(None, pl.Binary).alias(KEY),
+        pl.lit(0, pl.Int32).alias(PARTITION),
+        pl.Series(OFFSET, np.arange(first_row, first_row + count, dtype=np.int64)),
+        pl.lit(None, pl.Int64).alias(TIMESTAMP),
+        pl.lit(None, HEADER_DTYPE).alias(HEADERS),
+    )
 
 
 class NdjsonSink:

@@ -193,6 +193,9 @@ class KafkaSource:
             until the runner is stopped.
         session_timeout_ms: consumer-group session; Tansu holds a join for about half of it.
         retry: backoff for connecting.
+        partitions: read exactly these partitions (manual assignment) instead of joining
+            the group's rebalancing; the group still keeps the committed offsets. The Ray
+            runner assigns partitions itself, so that keyed state moves with them.
     """
 
     def __init__(
@@ -207,10 +210,12 @@ class KafkaSource:
         stop_when_idle_ms: int | None = None,
         session_timeout_ms: int = 10_000,
         retry: Retry = DEFAULT_RETRY,
+        partitions: Sequence[int] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.group = group
+        self.partitions = None if partitions is None else tuple(partitions)
         self.batch_size = batch_size
         self.linger_ms = linger_ms
         try:
@@ -251,14 +256,28 @@ class KafkaSource:
                 frame = raw_frame(fetched)
                 # Held while the runner works on the batch: a rebalance waits for it.
                 async with in_flight:
-                    for tp, records in fetched.items():
-                        self._uncommitted[tp] = self._next_offsets[tp] = records[-1].offset + 1
+                    self._advance(fetched)
                     yield frame
         finally:
             # A resumed source stays in its group until `close`: the runner commits the last
             # batches of a bounded run only once its final checkpoint is written.
             if not self._resumed:
                 await self.close()
+
+    async def fetch(self) -> pl.DataFrame | None:
+        """One batch of what arrives within `linger_ms` (None: nothing did); for runners
+        that poll instead of iterating `batches`, with manual assignment (`partitions`)."""
+        consumer = self._consumer or await self._open()
+        fetched = await consumer.getmany(timeout_ms=self.linger_ms, max_records=self.batch_size)
+        if not fetched:
+            return None
+        self._advance(fetched)
+        return raw_frame(fetched)
+
+    def _advance(self, fetched: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
+        """Record that the batch of `fetched` was handed to the runner."""
+        for tp, records in fetched.items():
+            self._uncommitted[tp] = self._next_offsets[tp] = records[-1].offset + 1
 
     def resume(self, position: Position | None) -> None:
         """Continue from `position` (a checkpoint's offsets; None: nothing read yet).
@@ -286,11 +305,20 @@ class KafkaSource:
             self.topic: {tp.partition: offset for tp, offset in sorted(self._next_offsets.items())}
         }
 
-    async def commit(self) -> None:
-        """Commit the offsets of every batch yielded so far (their outputs are acknowledged)."""
-        if self._consumer is None or not self._uncommitted:
+    async def commit(self, position: Offsets | None = None) -> None:
+        """Commit the offsets of every batch yielded so far (their outputs are acknowledged),
+        or, given a checkpoint's `position`, this source's partitions' offsets in it."""
+        if position is not None:
+            mine = self._assignment if self.partitions is not None else None
+            offsets = {
+                TopicPartition(self.topic, partition): offset
+                for partition, offset in position.get(self.topic, {}).items()
+                if mine is None or partition in mine
+            }
+        else:
+            offsets, self._uncommitted = self._uncommitted, {}
+        if self._consumer is None or not offsets:
             return
-        offsets, self._uncommitted = self._uncommitted, {}
         try:
             await self._consumer.commit(offsets)
         except KafkaError as error:
@@ -324,8 +352,13 @@ class KafkaSource:
             AIOKafkaConsumer.stop,
             self.retry,
         )
-        consumer.subscribe([self.topic], listener=_Rebalance(self))
         self._consumer = consumer
+        if self.partitions is None:
+            consumer.subscribe([self.topic], listener=_Rebalance(self))
+            return consumer
+        assigned = {TopicPartition(self.topic, partition) for partition in self.partitions}
+        consumer.assign(sorted(assigned))
+        await self._partitions_assigned(assigned)
         return consumer
 
     def _idle_too_long(self, now: float) -> bool:

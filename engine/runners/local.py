@@ -1,10 +1,11 @@
 """The local runner: executes a plan in this process, one batch at a time, on uvloop.
 
-Each batch from the source runs through the steps in order; a step's main output feeds the
-next step, its dead letters and side outputs go to their sinks. At the end of a bounded
-input, each step's `finish` outputs flow through the steps after it. The runner owns every
-step's state. Deterministic: the same input gives the same outputs, batch split included
-(each operator guarantees that its outputs do not depend on where batches are cut).
+Each batch from the source runs through the steps in order (`engine.runners.chain`); a
+step's main output feeds the next step, its dead letters and side outputs go to their sinks.
+At the end of a bounded input, each step's `finish` outputs flow through the steps after it.
+The runner owns every step's state. Deterministic: the same input gives the same outputs,
+batch split included (each operator guarantees that its outputs do not depend on where
+batches are cut).
 
 With a checkpoint (`PipelineSpec.checkpoint`) the effects of a run are exactly once: a
 run killed at any point and started again with the same directory writes every output
@@ -28,15 +29,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import polars as pl
 import uvloop
 
 from engine.connectors.base import ResumableSink, ResumableSource, Sink, Source
 from engine.errors import CheckpointError
-from engine.operators.base import DEAD_LETTER, MAIN, Outputs, Step
 from engine.plan import Plan
+from engine.runners.chain import Routed, StepChain, merged
 from engine.runners.checkpoint import Checkpoint, CheckpointStore
 
 Progress = Callable[[int], None]
@@ -90,8 +90,13 @@ class LocalRunner:
         self.source = source
         self.sinks = dict(sinks)
         self.progress = progress
-        self.states: list[Any] = [step.new_state() for step in plan.steps]
         self.stats = RunStats()
+        self.chain = StepChain(
+            plan.steps,
+            dead_letter=plan.spec.dead_letter,
+            output=plan.spec.output,
+            stage_ns=self.stats.stage_ns,
+        )
 
     def run(self) -> RunStats:
         """Run to the end of the source (blocking); returns the run's figures."""
@@ -121,7 +126,7 @@ class LocalRunner:
                 self.stats.stage_ns["read"] += time.perf_counter_ns() - started
                 self.stats.messages += batch.height
                 self.stats.batches += 1
-                await self._deliver(self._push(0, batch))
+                await self._deliver(self.chain.push(batch)[0])
                 if checkpointing is None:
                     if commit is not None:
                         await commit()
@@ -130,8 +135,7 @@ class LocalRunner:
                     checkpointed_at = time.monotonic()
                 if self.progress is not None:
                     self.progress(batch.height)
-            for index, (step, state) in enumerate(zip(self.plan.steps, self.states, strict=True)):
-                await self._deliver(self._follow(index, step.finish(state)))
+            await self._deliver(self.chain.finish()[0])
             if checkpointing is not None:
                 await self._checkpoint(checkpointing)
         finally:
@@ -189,7 +193,7 @@ class LocalRunner:
             await self._checkpoint(checkpointing)
 
     def _restore_states(self, checkpoint: Checkpoint, store: CheckpointStore) -> None:
-        stateful = {str(step.name): state for step, state in self._stateful()}
+        stateful = {str(step.name): state for step, state in self.chain.stateful()}
         if stateful.keys() != checkpoint.states.keys():
             raise CheckpointError(
                 f"checkpoint {checkpoint.number} in {str(store.directory)!r} holds the "
@@ -211,7 +215,7 @@ class LocalRunner:
         positions = await asyncio.gather(
             *(sink.position() for sink in checkpointing.sinks.values())
         )
-        states = {str(step.name): state.snapshot() for step, state in self._stateful()}
+        states = {str(step.name): state.snapshot() for step, state in self.chain.stateful()}
         # off the event loop: the source's group heartbeats go on while files are fsynced
         await asyncio.to_thread(
             checkpointing.store.save,
@@ -223,57 +227,12 @@ class LocalRunner:
         self.stats.checkpoints += 1
         self.stats.stage_ns["checkpoint"] += time.perf_counter_ns() - started
 
-    def _stateful(self) -> list[tuple[Step, Any]]:
-        return [
-            (step, state)
-            for step, state in zip(self.plan.steps, self.states, strict=True)
-            if step.stateful
-        ]
-
-    def _push(self, start: int, batch: pl.DataFrame) -> dict[str, list[pl.DataFrame]]:
-        """Run `batch` through the steps from `start`; collect what goes to each sink."""
-        routed: dict[str, list[pl.DataFrame]] = defaultdict(list)
-        current = batch
-        for index in range(start, len(self.plan.steps)):
-            step = self.plan.steps[index]
-            started = time.perf_counter_ns()
-            outputs = step.process(current, self.states[index])
-            self.stats.stage_ns[str(step.name)] += time.perf_counter_ns() - started
-            current = self._collect(outputs, routed)
-            if current is None or current.is_empty():
-                return routed
-        if self.plan.spec.output is not None:
-            routed[self.plan.spec.output].append(current)
-        return routed
-
-    def _follow(self, index: int, outputs: Outputs) -> dict[str, list[pl.DataFrame]]:
-        """Route the end-of-input outputs of step `index`; its main output flows on."""
-        routed: dict[str, list[pl.DataFrame]] = defaultdict(list)
-        main = self._collect(outputs, routed)
-        if main is not None and not main.is_empty():
-            if index + 1 < len(self.plan.steps):
-                for sink, frames in self._push(index + 1, main).items():
-                    routed[sink].extend(frames)
-            elif self.plan.spec.output is not None:
-                routed[self.plan.spec.output].append(main)
-        return routed
-
-    def _collect(
-        self, outputs: Outputs, routed: dict[str, list[pl.DataFrame]]
-    ) -> pl.DataFrame | None:
-        for name, frame in outputs.items():
-            if name == MAIN or frame.is_empty():
-                continue
-            sink = self.plan.spec.dead_letter if name == DEAD_LETTER else name
-            routed[sink].append(frame)
-        return outputs.get(MAIN)
-
-    async def _deliver(self, routed: dict[str, list[pl.DataFrame]]) -> None:
+    async def _deliver(self, routed: Routed) -> None:
         """Write each sink's rows; sinks write concurrently, so their broker round trips
         overlap (encoding is CPU work and runs one sink at a time either way)."""
 
         async def deliver(sink_name: str, frames: list[pl.DataFrame]) -> None:
-            frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+            frame = merged(frames)
             started = time.perf_counter_ns()
             await self.sinks[sink_name].write(frame)
             self.stats.stage_ns[f"write {sink_name}"] += time.perf_counter_ns() - started
