@@ -405,6 +405,28 @@ async def _seek_to_start(
                 consumer.seek(tp, position.offset)
 
 
+def topic_partitions(bootstrap: str, topic: str, retry: Retry = DEFAULT_RETRY) -> int:
+    """How many partitions `topic` has (blocking). Raises ConnectorError when it does not
+    exist: a pipeline's partitioning is that of its input, which must be there first."""
+
+    async def count() -> int:
+        consumer = await connect(
+            bootstrap,
+            lambda: AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="conflux-admin"),
+            AIOKafkaConsumer.stop,
+            retry,
+        )
+        try:
+            found = await consumer.partitions_for_topic(topic)
+        finally:
+            await consumer.stop()
+        if not found:
+            raise ConnectorError(f"Kafka at {bootstrap}: topic {topic!r} does not exist")
+        return len(found)
+
+    return asyncio.run(count())
+
+
 def _by_timestamp(start: StartPosition) -> bool:
     return isinstance(start, StartAt) and start.timestamp is not None
 

@@ -168,9 +168,9 @@ class CheckpointStore:
         temporary = Path(
             tempfile.mkdtemp(prefix=f"{_TEMPORARY_PREFIX}{number}-", dir=self.directory)
         )
-        state_files = {step: f"state/{_file_name(step)}.arrow" for step in states}
+        state_files = {step: f"state/{safe_file_name(step)}.arrow" for step in states}
         unmatched_files = {
-            sink: f"unmatched/{_file_name(sink)}.arrow"
+            sink: f"unmatched/{safe_file_name(sink)}.arrow"
             for sink, position in sinks.items()
             if position.unmatched is not None
         }
@@ -191,16 +191,16 @@ class CheckpointStore:
             states=state_files,
             unmatched=unmatched_files,
         )
-        _write_file(temporary / _MANIFEST, msgspec.json.encode(manifest))
+        write_file_durably(temporary / _MANIFEST, msgspec.json.encode(manifest))
         for folder in (temporary / "state", temporary / "unmatched", temporary):
-            _fsync_directory(folder)
+            fsync_directory(folder)
         name = f"{_PREFIX}{number}"
         os.rename(temporary, self.directory / name)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         latest = self.directory / f"{_TEMPORARY_PREFIX}{LATEST}"
-        _write_file(latest, f"{name}\n".encode())
+        write_file_durably(latest, f"{name}\n".encode())
         os.replace(latest, self.directory / LATEST)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def _numbers(self) -> list[int]:
         return sorted(
@@ -227,7 +227,7 @@ class CheckpointStore:
                 shutil.rmtree(entry)
 
 
-def _file_name(name: str) -> str:
+def safe_file_name(name: str) -> str:
     """A step or sink name as one safe file name (readable when it is already safe)."""
     return quote(name, safe="-_.") or "_"
 
@@ -243,14 +243,15 @@ def _read_table(path: Path) -> pl.DataFrame:
     return pl.read_ipc(path.read_bytes())
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def write_file_durably(path: Path, data: bytes) -> None:
+    """Write `path` and fsync it (its directory entry needs `fsync_directory`)."""
     with path.open("wb") as file:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
     """Make the directory's entries (a new file, a rename) durable, not only their data."""
     descriptor = os.open(path, os.O_RDONLY)
     try:

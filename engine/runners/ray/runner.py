@@ -1,0 +1,530 @@
+"""The Ray runner: the plan the local runner runs, on Ray actors, across a cluster.
+
+Topology (`engine.runners.ray.worker` has the per-worker part):
+
+    driver ──splits / polls──▶ N workers ──pieces by partition──▶ N workers ──▶ sink writer
+             (this process)     head chain     (object store)      tail chain     (one actor)
+
+- The driver enumerates a bounded source's splits (NDJSON byte ranges, Parquet row groups)
+  and hands them to workers round robin; workers read and decode them in parallel. A Kafka
+  source is read by the workers themselves, each from the partitions it owns.
+- The head (stateless steps before the first stateful one, fused: one call per batch) cuts
+  its output by `_partition` into one piece per owning worker; with one worker, or a Kafka
+  source and no `key_by`, there is no shuffle and head and tail run in one call.
+- Each batch's outputs, encoded by the workers, go to one sink writer actor.
+- Backpressure: at most `max_in_flight` batches are between the source and the sinks; the
+  driver submits the next one only when the oldest is written. No queue is unbounded.
+
+Checkpoints are aligned barriers: every `interval_ms` the driver submits `snapshot` to every
+worker and `positions` to the writer. Actors run the driver's calls in submission order, so
+each one snapshots after exactly the batches submitted before the barrier, while the driver
+goes on submitting; once all have answered, the driver writes the manifest (with the
+position of the last split submitted before the barrier, or the workers' Kafka offsets) and
+commits Kafka offsets. A run without `checkpoint` in its spec checkpoints into a temporary
+directory, for recovery within the run.
+
+Recovery: actors are restarted by Ray when they die (`max_restarts=-1`). The driver, seeing
+a call fail with an actor error, lets the calls in flight end, restores every worker and the
+writer from the last checkpoint (NDJSON sinks cut back, Kafka sinks drop what they wrote
+after it as the run produces it again), rewinds the source and goes on: no loss, and W1's
+effects stay exactly once.
+
+Scaling: `scale(n)` (or `conflux scale NAME --workers N`) drains the batches in flight, takes
+a checkpoint, stops or starts workers and restores each one's new partitions from that
+checkpoint: keyed state moves with its partitions through the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    ObjectLostError,
+    OwnerDiedError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
+)
+
+from engine.connectors.kafka import topic_partitions
+from engine.errors import ConfigError, ConfluxError
+from engine.operators.key_by import KeyBy
+from engine.plan import Plan
+from engine.runners.local import Progress, RunStats
+from engine.runners.ray.control import NAMESPACE, Control, control_name
+from engine.runners.ray.splits import Split, SplitPosition, splits_for
+from engine.runners.ray.store import Manifest, RayCheckpointStore, StateFiles
+from engine.runners.ray.worker import Worker, shuffles, split_plan
+from engine.runners.ray.writer import SinkWriter
+from engine.spec import KafkaSourceSpec
+
+log = logging.getLogger(__name__)
+
+#: Failures of the cluster, not of the pipeline: the run recovers from a checkpoint.
+_LOST = (
+    RayActorError,
+    ActorDiedError,
+    ActorUnavailableError,
+    ObjectLostError,
+    OwnerDiedError,
+    WorkerCrashedError,
+)
+#: Checkpoint interval when the spec names no checkpoint (recovery within the run only).
+DEFAULT_INTERVAL_MS = 2000
+#: How many failures in a row (without a checkpoint in between) end the run.
+MAX_RECOVERIES = 5
+
+_WorkerActor = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=1)(Worker)
+_WriterActor = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)(SinkWriter)
+_ControlActor = ray.remote(num_cpus=0)(Control)
+
+
+@dataclass
+class _Batch:
+    """A batch between source and sinks: its sink write, its input count, and the source
+    position after it (bounded sources)."""
+
+    seq: int
+    write: ray.ObjectRef
+    count: ray.ObjectRef
+    position: SplitPosition | None
+
+
+@dataclass
+class _Barrier:
+    number: int
+    snapshots: list[ray.ObjectRef]
+    sinks: ray.ObjectRef
+    split: SplitPosition | None
+    last_seq: int
+
+
+class RayRunner:
+    """Run `plan` on Ray with `workers` workers (at most the number of partitions).
+
+    `address`: a running cluster ("auto", "ray://host:10001", ...); None starts a local
+    one for this process (or uses the one `ray.init` already connected to).
+    `max_in_flight`: batches between source and sinks (default: 2 per worker, plus 2).
+    Sources and sinks are opened from the spec inside the actors, so the plan's spec must
+    describe them (files, Kafka, inline values), not live objects.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        workers: int = 1,
+        address: str | None = None,
+        max_in_flight: int | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ConfigError(f"Ray runner: workers must be at least 1, got {workers}")
+        self.plan = plan
+        self.spec = plan.spec
+        self.address = address
+        self.progress = progress
+        self.stats = RunStats()
+        self.recovery_seconds: list[float] = []
+        self._wanted = workers
+        self._max_in_flight = max_in_flight
+        self._kafka = isinstance(self.spec.source, KafkaSourceSpec)
+        self._shuffle = shuffles(plan)
+        self._import_paths = [p for p in sys.path if p and os.path.isdir(p)]
+        self._workers: list[Any] = []
+        self._in_flight: deque[_Batch] = deque()
+        self._barrier: _Barrier | None = None
+        self._seq = 0
+        self._failures = 0
+        self._recovering_since: float | None = None
+        self.rescales = 0
+
+    # ---- the API ------------------------------------------------------------------------
+
+    def scale(self, workers: int) -> None:
+        """Use `workers` workers from the next batch on (thread-safe; `run` applies it)."""
+        self._wanted = workers
+
+    def run(self) -> RunStats:
+        """Run until a bounded source ends (or a Kafka source is idle for the spec's
+        `stop_when_idle_ms`); returns the run's figures."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        if not ray.is_initialized():
+            ray.init(address=self.address, namespace=NAMESPACE, log_to_driver=True)
+        temporary = None
+        if self.spec.checkpoint is None:
+            temporary = tempfile.mkdtemp(prefix=f"conflux-{self.spec.name}-")
+            self.store, self.interval_s = RayCheckpointStore(temporary), DEFAULT_INTERVAL_MS / 1000
+        else:
+            self.store = RayCheckpointStore(self.spec.checkpoint.directory)
+            self.interval_s = self.spec.checkpoint.interval_ms / 1000
+        try:
+            self.control = _ControlActor.options(name=control_name(self.spec.name)).remote()
+        except ValueError as error:
+            raise ConfigError(
+                f"a pipeline named {self.spec.name!r} is already running on this Ray cluster"
+            ) from error
+        try:
+            self._start()
+            self._loop()
+            self._finish()
+            self.stats.stage_ns.update(self._stage_ns())
+        finally:
+            self._stop()
+            if temporary is not None:
+                shutil.rmtree(temporary, ignore_errors=True)
+        self.stats.wall_seconds = time.perf_counter() - wall
+        self.stats.cpu_seconds = time.process_time() - cpu
+        return self.stats
+
+    # ---- start, loop, end ---------------------------------------------------------------
+
+    def _start(self) -> None:
+        self.partitions = self._partition_count()
+        manifest = self.store.load()
+        if manifest is not None and manifest.partitions != self.partitions:
+            raise ConfigError(
+                f"checkpoint {manifest.number} in {self.store.location!r} has "
+                f"{manifest.partitions} partitions, the pipeline now {self.partitions}: start "
+                "again with an empty checkpoint directory"
+            )
+        self.writer = _WriterActor.remote(self.spec, self._import_paths)
+        ray.get(
+            self.writer.open.remote(
+                self.store.sink_positions(manifest) if manifest is not None else None
+            )
+        )
+        count = min(self._wanted, self.partitions)
+        self._wanted = count
+        self._workers = [self._new_worker() for _ in range(count)]
+        self._configure(manifest)
+        self._next_number = self.store.next_number()
+        if manifest is None:  # where every output begins, so that any failure can resume
+            manifest = self._checkpoint_now(split={} if not self._kafka else None)
+        self._rewind(manifest)
+        self._report()
+
+    def _loop(self) -> None:
+        checkpointed_at = time.monotonic()
+        control_at, control = 0.0, None
+        while True:
+            try:
+                if control is None and time.monotonic() - control_at >= 0.25:
+                    control, control_at = self.control.take.remote(), time.monotonic()
+                if control is not None and ray.wait([control], timeout=0)[0]:
+                    requested, control = ray.get(control), None
+                    if requested is not None:
+                        self._wanted = requested
+                if self._wanted != len(self._workers):
+                    self._rescale(self._wanted)
+                    checkpointed_at = time.monotonic()
+                if self._barrier is not None:
+                    self._try_complete_barrier(block=False)
+                elif time.monotonic() - checkpointed_at >= self.interval_s:
+                    self._start_barrier()
+                    checkpointed_at = time.monotonic()
+                if not self._exhausted and len(self._in_flight) < self._limit():
+                    self._submit()
+                elif self._in_flight:
+                    self._complete(self._in_flight.popleft())
+                elif self._exhausted:
+                    if self._barrier is not None:
+                        self._try_complete_barrier(block=True)
+                    return
+            except _LOST as error:
+                self._recover(error)
+            except RayTaskError as error:
+                raise _cause(error) from None
+
+    def _finish(self) -> None:
+        """End of a bounded input: each step's end-of-input outputs, then a last checkpoint
+        (a rerun of a Kafka pipeline continues after everything this run wrote)."""
+        while True:
+            try:
+                outputs = [worker.finish.remote() for worker in self._workers]
+                self._account(ray.get(self.writer.write.remote(*outputs)), 0)
+                if self.spec.checkpoint is not None:
+                    self._checkpoint_now(self._split_position)
+                return
+            except _LOST as error:
+                self._recover(error)
+                self._loop()
+            except RayTaskError as error:
+                raise _cause(error) from None
+
+    def _stop(self) -> None:
+        for actor in [*self._workers, getattr(self, "writer", None), self.control]:
+            if actor is not None:
+                ray.kill(actor)
+        self._workers = []
+
+    # ---- batches ------------------------------------------------------------------------
+
+    def _limit(self) -> int:
+        return self._max_in_flight or 2 * len(self._workers) + 2
+
+    def _submit(self) -> None:
+        """Start the next batch: a split (or a poll), its tails, its sink write."""
+        workers = self._workers
+        count = len(workers)
+        seq, self._seq = self._seq, self._seq + 1
+        position = None
+        if self._kafka:
+            if self._idle():
+                self._exhausted = True
+                return
+            worker = workers[seq % count]
+            if self._shuffle:
+                *pieces, messages = worker.poll.options(num_returns=count + 1).remote(seq, True)
+                outputs = [w.tail_piece.remote(seq, pieces[i]) for i, w in enumerate(workers)]
+            else:
+                output, messages = worker.poll.options(num_returns=2).remote(seq, False)
+                outputs = [output]
+        else:
+            try:
+                split, position = next(self._splits)
+            except StopIteration:
+                self._exhausted = True
+                return
+            if count == 1:
+                output, messages = workers[0].process.options(num_returns=2).remote(split)
+                outputs = [output]
+            else:
+                head = workers[seq % count].head_split.options(num_returns=count + 1)
+                *pieces, messages = head.remote(seq, split)
+                outputs = [w.tail_piece.remote(seq, pieces[i]) for i, w in enumerate(workers)]
+            self._split_position = position
+        write = self.writer.write.remote(*outputs)
+        self._in_flight.append(_Batch(seq, write, messages, position))
+
+    def _complete(self, batch: _Batch) -> None:
+        """Wait for the oldest batch to be written; count it."""
+        rows = ray.get(batch.write)
+        messages = ray.get(batch.count)
+        self._account(rows, messages)
+        if messages:
+            self._last_record_at = time.monotonic()
+            if self._recovering_since is not None:
+                self.recovery_seconds.append(time.monotonic() - self._recovering_since)
+                self._recovering_since = None
+
+    def _account(self, rows: dict[str, int], messages: int) -> None:
+        self.stats.messages += messages
+        self.stats.batches += 1
+        for sink, count in rows.items():
+            self.stats.rows_out[sink] += count
+        if self.progress is not None and messages:
+            self.progress(messages)
+
+    def _idle(self) -> bool:
+        source = self.spec.source
+        assert isinstance(source, KafkaSourceSpec)
+        if source.stop_when_idle_ms is None:
+            return False
+        return (time.monotonic() - self._last_record_at) * 1000 >= source.stop_when_idle_ms
+
+    # ---- checkpoints --------------------------------------------------------------------
+
+    def _start_barrier(self) -> None:
+        number, self._next_number = self._next_number, self._next_number + 1
+        self._barrier = _Barrier(
+            number,
+            [worker.snapshot.remote(number) for worker in self._workers],
+            self.writer.positions.remote(),
+            None if self._kafka else self._split_position,
+            self._seq - 1,
+        )
+
+    def _try_complete_barrier(self, block: bool) -> Manifest | None:
+        """Commit the pending checkpoint once every actor has passed its barrier."""
+        barrier = self._barrier
+        assert barrier is not None
+        refs = [*barrier.snapshots, barrier.sinks]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if block else 0)
+        if len(ready) < len(refs):
+            return None
+        snapshots = ray.get(barrier.snapshots)
+        sinks = ray.get(barrier.sinks)
+        # the batches before the barrier are written: count them, so the figures a
+        # recovery returns to are those of this checkpoint
+        while self._in_flight and self._in_flight[0].seq <= barrier.last_seq:
+            self._complete(self._in_flight.popleft())
+        states: dict[str, StateFiles] = {}
+        offsets: dict[int, int] = {}
+        for files, worker_offsets in snapshots:
+            offsets.update(worker_offsets)
+            for step, found in files.items():
+                states[step] = _merge(states.get(step), found)
+        source = self.spec.source
+        manifest = self.store.commit(
+            barrier.number,
+            partitions=self.partitions,
+            workers=len(self._workers),
+            offsets={source.topic: offsets} if isinstance(source, KafkaSourceSpec) else None,
+            split=barrier.split,
+            sinks=sinks,
+            states=states,
+        )
+        self._barrier = None
+        self._failures = 0
+        self._committed = (self.stats.messages, dict(self.stats.rows_out), self.stats.batches)
+        self.stats.checkpoints += 1
+        if manifest.offsets is not None:
+            for worker in self._workers:  # the group's offsets: for monitoring tools
+                worker.commit.remote(manifest.offsets)
+        self._report()
+        return manifest
+
+    def _checkpoint_now(self, split: SplitPosition | None) -> Manifest:
+        """A checkpoint between batches (start, rescale, end): waits for it."""
+        while self._in_flight:
+            self._complete(self._in_flight.popleft())
+        if self._barrier is not None:
+            self._try_complete_barrier(block=True)
+        self._split_position = split
+        self._start_barrier()
+        manifest = self._try_complete_barrier(block=True)
+        assert manifest is not None
+        return manifest
+
+    # ---- failures and scaling -----------------------------------------------------------
+
+    def _recover(self, error: BaseException) -> None:
+        """Restore every actor from the last checkpoint and rewind the source."""
+        self._failures += 1
+        if self._failures > MAX_RECOVERIES:
+            raise ConfluxError(
+                f"pipeline {self.spec.name!r}: {MAX_RECOVERIES} failures without a checkpoint "
+                f"in between; the last: {error}"
+            ) from error
+        started = time.monotonic()
+        log.warning("pipeline %s: %s; restoring the last checkpoint", self.spec.name, error)
+        pending = [b.write for b in self._in_flight]
+        if self._barrier is not None:
+            pending += [*self._barrier.snapshots, self._barrier.sinks]
+        if pending:  # let them end (most fail at once) before anything is restored
+            ray.wait(pending, num_returns=len(pending), timeout=30)
+        self._in_flight.clear()
+        self._barrier = None
+        manifest = self.store.load()
+        assert manifest is not None  # one is written before the first batch
+        ray.get(self.writer.open.remote(self.store.sink_positions(manifest)))
+        self._configure(manifest)
+        self._rewind(manifest)
+        self.stats.messages, rows_out, self.stats.batches = self._committed
+        self.stats.rows_out.clear()
+        self.stats.rows_out.update(rows_out)
+        self._recovering_since = started
+        self._report()
+
+    def _rescale(self, wanted: int) -> None:
+        wanted = max(1, min(wanted, self.partitions))
+        self._wanted = wanted
+        if wanted == len(self._workers):
+            self._report()
+            return
+        manifest = self._checkpoint_now(self._split_position)
+        unpartitioned = [step for step, files in manifest.states.items() if files.workers]
+        if unpartitioned:
+            self._wanted = len(self._workers)
+            self._report(
+                refused=f"steps {unpartitioned} keep state not tied to a partition: "
+                "they cannot move to other workers"
+            )
+            return
+        for worker in self._workers[wanted:]:
+            ray.get(worker.close.remote())
+            ray.kill(worker)
+        self._workers = self._workers[:wanted]
+        self._workers += [self._new_worker() for _ in range(wanted - len(self._workers))]
+        self._configure(manifest)
+        self.rescales += 1
+        log.info("pipeline %s: now %d workers", self.spec.name, wanted)
+        self._report()
+
+    def _configure(self, manifest: Manifest | None) -> None:
+        count = len(self._workers)
+        ray.get(
+            [
+                worker.configure.remote(
+                    index, count, self.partitions, self.store.location, manifest
+                )
+                for index, worker in enumerate(self._workers)
+            ]
+        )
+
+    def _rewind(self, manifest: Manifest) -> None:
+        self._exhausted = False
+        self._last_record_at = time.monotonic()
+        self._recovering_since = None
+        self._committed = (self.stats.messages, dict(self.stats.rows_out), self.stats.batches)
+        self._split_position = manifest.split
+        if not self._kafka:
+            self._splits: Iterator[tuple[Split, SplitPosition]] = splits_for(
+                self.spec.source, manifest.split or None
+            )
+
+    def _new_worker(self) -> Any:
+        return _WorkerActor.options(scheduling_strategy="SPREAD").remote(
+            self.spec, self._import_paths
+        )
+
+    def _partition_count(self) -> int:
+        """How many partitions keyed state is spread over: a head `key_by`'s, else the
+        Kafka source topic's, else one."""
+        head, _ = split_plan(self.plan)
+        key_by = [step for step in head if isinstance(step, KeyBy)]
+        if key_by:
+            return key_by[-1].partitions
+        source = self.spec.source
+        if isinstance(source, KafkaSourceSpec):
+            return topic_partitions(source.bootstrap, source.topic)
+        return 1
+
+    def _stage_ns(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for stats in ray.get([worker.stats.remote() for worker in self._workers]):
+            for stage, ns in stats.items():
+                totals[stage] = totals.get(stage, 0) + ns
+        return totals
+
+    def _report(self, refused: str | None = None) -> None:
+        self.control.report.remote(
+            {
+                "workers": len(self._workers),
+                "target": self._wanted,
+                "partitions": self.partitions,
+                "messages": self.stats.messages,
+                "checkpoints": self.stats.checkpoints,
+                "recoveries": len(self.recovery_seconds),
+                "refused": refused,
+            }
+        )
+
+
+def _merge(files: StateFiles | None, more: StateFiles) -> StateFiles:
+    if files is None:
+        return more
+    return StateFiles(
+        partitions={**files.partitions, **more.partitions},
+        shared=files.shared or more.shared,
+        workers={**files.workers, **more.workers},
+    )
+
+
+def _cause(error: RayTaskError) -> BaseException:
+    """The exception a worker raised (a ConfluxError names what was wrong)."""
+    cause = error.cause if isinstance(error.cause, BaseException) else None
+    return cause if cause is not None else error
