@@ -93,13 +93,18 @@ _ControlActor = ray.remote(num_cpus=0)(Control)
 
 @dataclass
 class _Batch:
-    """A batch between source and sinks: its sink write, its input count, and the source
-    position after it (bounded sources)."""
+    """A batch between source and sinks.
+
+    First its head runs (`pieces`: one per worker, and `count`: its input messages); then,
+    in batch order, its tails and its sink write (`write`). `position`: where a bounded
+    source continues after it.
+    """
 
     seq: int
-    write: ray.ObjectRef
     count: ray.ObjectRef
+    pieces: list[ray.ObjectRef]
     position: SplitPosition | None
+    write: ray.ObjectRef | None = None
 
 
 @dataclass
@@ -144,7 +149,8 @@ class RayRunner:
         self._shuffle = shuffles(plan)
         self._import_paths = [p for p in sys.path if p and os.path.isdir(p)]
         self._workers: list[Any] = []
-        self._in_flight: deque[_Batch] = deque()
+        self._heading: deque[_Batch] = deque()  # head submitted, tails not yet
+        self._in_flight: deque[_Batch] = deque()  # sink write submitted
         self._barrier: _Barrier | None = None
         self._seq = 0
         self._failures = 0
@@ -200,16 +206,16 @@ class RayRunner:
                 f"{manifest.partitions} partitions, the pipeline now {self.partitions}: start "
                 "again with an empty checkpoint directory"
             )
-        self.writer = _WriterActor.remote(self.spec, self._import_paths)
-        ray.get(
-            self.writer.open.remote(
-                self.store.sink_positions(manifest) if manifest is not None else None
-            )
-        )
         count = min(self._wanted, self.partitions)
         self._wanted = count
-        self._workers = [self._new_worker() for _ in range(count)]
+        # actors start (a process each, importing the engine) side by side
+        self.writer = _WriterActor.remote(self.spec, self._import_paths)
+        self._workers = [self._new_worker(count) for _ in range(count)]
+        opened = self.writer.open.remote(
+            self.store.sink_positions(manifest) if manifest is not None else None
+        )
         self._configure(manifest)
+        ray.get(opened)
         self._next_number = self.store.next_number()
         if manifest is None:  # where every output begins, so that any failure can resume
             manifest = self._checkpoint_now(split={} if not self._kafka else None)
@@ -235,10 +241,10 @@ class RayRunner:
                 elif time.monotonic() - checkpointed_at >= self.interval_s:
                     self._start_barrier()
                     checkpointed_at = time.monotonic()
-                if not self._exhausted and len(self._in_flight) < self._limit():
+                if not self._exhausted and self._batches() < self._limit():
                     self._submit()
-                elif self._in_flight:
-                    self._complete(self._in_flight.popleft())
+                elif self._heading or self._in_flight:
+                    self._advance()
                 elif self._exhausted:
                     if self._barrier is not None:
                         self._try_complete_barrier(block=True)
@@ -275,11 +281,15 @@ class RayRunner:
     def _limit(self) -> int:
         return self._max_in_flight or 2 * len(self._workers) + 2
 
+    def _batches(self) -> int:
+        return len(self._heading) + len(self._in_flight)
+
     def _submit(self) -> None:
-        """Start the next batch: a split (or a poll), its tails, its sink write."""
+        """Start the next batch: a split or a poll. With one call per batch (no shuffle),
+        its sink write follows at once; else its tails wait for its head (`_promote`)."""
         workers = self._workers
         count = len(workers)
-        seq, self._seq = self._seq, self._seq + 1
+        seq = self._seq
         position = None
         if self._kafka:
             if self._idle():
@@ -288,10 +298,9 @@ class RayRunner:
             worker = workers[seq % count]
             if self._shuffle:
                 *pieces, messages = worker.poll.options(num_returns=count + 1).remote(seq, True)
-                outputs = [w.tail_piece.remote(seq, pieces[i]) for i, w in enumerate(workers)]
             else:
                 output, messages = worker.poll.options(num_returns=2).remote(seq, False)
-                outputs = [output]
+                pieces = [output]
         else:
             try:
                 split, position = next(self._splits)
@@ -300,17 +309,54 @@ class RayRunner:
                 return
             if count == 1:
                 output, messages = workers[0].process.options(num_returns=2).remote(split)
-                outputs = [output]
+                pieces = [output]
             else:
                 head = workers[seq % count].head_split.options(num_returns=count + 1)
                 *pieces, messages = head.remote(seq, split)
-                outputs = [w.tail_piece.remote(seq, pieces[i]) for i, w in enumerate(workers)]
-            self._split_position = position
-        write = self.writer.write.remote(*outputs)
-        self._in_flight.append(_Batch(seq, write, messages, position))
+        self._seq += 1
+        batch = _Batch(seq, messages, pieces, position)
+        if self._shuffle and count > 1:
+            self._heading.append(batch)
+        else:
+            self._write(batch, pieces)
+
+    def _promote(self) -> None:
+        """Submit the tails of the oldest batch, whose head is done.
+
+        Tails go in batch order, and only once the head has run: an actor runs the
+        driver's calls in order, so a tail submitted early would hold up the heads queued
+        behind it while it waits for another worker's head.
+        """
+        batch = self._heading.popleft()
+        tails = [
+            w.tail_piece.remote(batch.seq, batch.pieces[i]) for i, w in enumerate(self._workers)
+        ]
+        self._write(batch, tails)
+
+    def _write(self, batch: _Batch, outputs: list[ray.ObjectRef]) -> None:
+        batch.write = self.writer.write.remote(*outputs)
+        batch.pieces = []
+        self._in_flight.append(batch)
+        if batch.position is not None:
+            self._split_position = batch.position
+
+    def _advance(self) -> None:
+        """Wait until the oldest head or the oldest write is done, and move it on."""
+        candidates = []
+        if self._heading:
+            candidates.append(self._heading[0].count)
+        if self._in_flight:
+            assert self._in_flight[0].write is not None
+            candidates.append(self._in_flight[0].write)
+        ready, _ = ray.wait(candidates, num_returns=1)
+        if self._heading and self._heading[0].count in ready:
+            self._promote()
+        else:
+            self._complete(self._in_flight.popleft())
 
     def _complete(self, batch: _Batch) -> None:
-        """Wait for the oldest batch to be written; count it."""
+        """Wait for a batch to be written; count it."""
+        assert batch.write is not None
         rows = ray.get(batch.write)
         messages = ray.get(batch.count)
         self._account(rows, messages)
@@ -338,13 +384,19 @@ class RayRunner:
     # ---- checkpoints --------------------------------------------------------------------
 
     def _start_barrier(self) -> None:
+        """Barriers after the batches whose tails are submitted (and, polls advancing a
+        Kafka source's offsets, after every poll submitted: their tails first)."""
+        if self._kafka:
+            while self._heading:
+                ray.wait([self._heading[0].count])
+                self._promote()
         number, self._next_number = self._next_number, self._next_number + 1
         self._barrier = _Barrier(
             number,
             [worker.snapshot.remote(number) for worker in self._workers],
             self.writer.positions.remote(),
             None if self._kafka else self._split_position,
-            self._seq - 1,
+            self._in_flight[-1].seq if self._in_flight else -1,
         )
 
     def _try_complete_barrier(self, block: bool) -> Manifest | None:
@@ -389,8 +441,8 @@ class RayRunner:
 
     def _checkpoint_now(self, split: SplitPosition | None) -> Manifest:
         """A checkpoint between batches (start, rescale, end): waits for it."""
-        while self._in_flight:
-            self._complete(self._in_flight.popleft())
+        while self._heading or self._in_flight:
+            self._advance()
         if self._barrier is not None:
             self._try_complete_barrier(block=True)
         self._split_position = split
@@ -411,11 +463,12 @@ class RayRunner:
             ) from error
         started = time.monotonic()
         log.warning("pipeline %s: %s; restoring the last checkpoint", self.spec.name, error)
-        pending = [b.write for b in self._in_flight]
+        pending = [b.count for b in self._heading] + [b.write for b in self._in_flight]
         if self._barrier is not None:
             pending += [*self._barrier.snapshots, self._barrier.sinks]
         if pending:  # let them end (most fail at once) before anything is restored
             ray.wait(pending, num_returns=len(pending), timeout=30)
+        self._heading.clear()
         self._in_flight.clear()
         self._barrier = None
         manifest = self.store.load()
@@ -448,7 +501,7 @@ class RayRunner:
             ray.get(worker.close.remote())
             ray.kill(worker)
         self._workers = self._workers[:wanted]
-        self._workers += [self._new_worker() for _ in range(wanted - len(self._workers))]
+        self._workers += [self._new_worker(wanted) for _ in range(wanted - len(self._workers))]
         self._configure(manifest)
         self.rescales += 1
         log.info("pipeline %s: now %d workers", self.spec.name, wanted)
@@ -476,10 +529,15 @@ class RayRunner:
                 self.spec.source, manifest.split or None
             )
 
-    def _new_worker(self) -> Any:
-        return _WorkerActor.options(scheduling_strategy="SPREAD").remote(
-            self.spec, self._import_paths
-        )
+    def _new_worker(self, count: int) -> Any:
+        """A worker actor; its polars threads share the node's cores with its `count - 1`
+        fellows (oversubscribed compute threads spin and slow every worker)."""
+        per_node = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(len(ray.nodes()), 1))
+        threads = max(1, per_node // count)
+        return _WorkerActor.options(
+            scheduling_strategy="SPREAD",
+            runtime_env={"env_vars": {"POLARS_MAX_THREADS": str(threads)}},
+        ).remote(self.spec, self._import_paths)
 
     def _partition_count(self) -> int:
         """How many partitions keyed state is spread over: a head `key_by`'s, else the
@@ -495,7 +553,8 @@ class RayRunner:
 
     def _stage_ns(self) -> dict[str, int]:
         totals: dict[str, int] = {}
-        for stats in ray.get([worker.stats.remote() for worker in self._workers]):
+        actors = [*self._workers, self.writer]
+        for stats in ray.get([actor.stats.remote() for actor in actors]):
             for stage, ns in stats.items():
                 totals[stage] = totals.get(stage, 0) + ns
         return totals

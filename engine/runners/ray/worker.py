@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -80,7 +81,9 @@ class Worker:
             if isinstance(sink, FileSinkSpec) and sink.format == "parquet"
         }
         self.index, self.workers, self.owned = 0, 1, ()
-        self.head = StepChain(self.head_steps, dead_letter=spec.dead_letter, output=None)
+        self.head = StepChain(
+            self.head_steps, dead_letter=spec.dead_letter, output=None, stage_ns=self.stage_ns
+        )
         self.tail = self._new_tail()
         self.store: RayCheckpointStore | None = None
         self.source: KafkaSource | None = None
@@ -185,7 +188,7 @@ class Worker:
     def head_split(self, seq: int, split: Split) -> list[Any]:
         """Read and run the head on `split`: one piece per owner (this worker's stays
         here, for its `tail(seq)`), then the number of input messages."""
-        batch = split.read()
+        batch = self._read(split)
         routed, main = self.head.push(batch)
         pieces = self._pieces(main)
         self._stash[seq] = (pieces[self.index], routed)
@@ -205,7 +208,7 @@ class Worker:
 
     def process(self, split: Split) -> list[Any]:
         """Head and tail in one call (one worker owns every partition): outputs, count."""
-        batch = split.read()
+        batch = self._read(split)
         return [self._whole(batch), batch.height]
 
     def poll(self, seq: int, shuffle: bool) -> list[Any]:
@@ -230,7 +233,7 @@ class Worker:
         return self._encode(routed)
 
     def stats(self) -> dict[str, int]:
-        return dict(self.stage_ns)
+        return {**self.stage_ns, "worker cpu": time.process_time_ns()}
 
     def close(self) -> None:
         if self.source is not None and self._io is not None:
@@ -238,6 +241,12 @@ class Worker:
             self.source = None
 
     # ---- helpers ------------------------------------------------------------------------
+
+    def _read(self, split: Split) -> pl.DataFrame:
+        started = time.perf_counter_ns()
+        batch = split.read()
+        self.stage_ns["read"] += time.perf_counter_ns() - started
+        return batch
 
     def _whole(self, batch: pl.DataFrame) -> Outputs:
         routed, main = self.head.push(batch)
@@ -259,9 +268,11 @@ class Worker:
     def _encode(self, routed: Routed) -> Outputs:
         """Each sink's rows in one table; values encoded here, in parallel across workers,
         except for sinks that store columns (Parquet)."""
+        started = time.perf_counter_ns()
         outputs: Outputs = {}
         for sink, frames in routed.items():
             frame = merged(frames)
             if frame.height:
                 outputs[sink] = (frame if sink in self.unencoded else preencode(frame)).to_arrow()
+        self.stage_ns["encode"] += time.perf_counter_ns() - started
         return outputs

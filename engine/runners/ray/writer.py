@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections import defaultdict
 
 import polars as pl
@@ -29,6 +30,7 @@ class SinkWriter:
         sys.path[:0] = [path for path in import_paths if os.path.isdir(path)]
         self.spec = spec
         self.sinks: dict[str, Sink] = {}
+        self.stage_ns: dict[str, int] = defaultdict(int)
         self._io = BackgroundLoop()
 
     def pid(self) -> int:
@@ -58,6 +60,7 @@ class SinkWriter:
 
     def write(self, *outputs: dict[str, pa.Table]) -> dict[str, int]:
         """Write one batch's outputs (one dict per worker); rows written per sink."""
+        started = time.perf_counter_ns()
         tables: dict[str, list[pl.DataFrame]] = defaultdict(list)
         for output in outputs:
             for sink, table in output.items():
@@ -66,7 +69,11 @@ class SinkWriter:
                 tables[sink].append(frame)
         frames = {sink: merged(parts) for sink, parts in tables.items()}
         self._io.run(self._write(frames))
+        self.stage_ns["write"] += time.perf_counter_ns() - started
         return {sink: frame.height for sink, frame in frames.items()}
+
+    def stats(self) -> dict[str, int]:
+        return {**self.stage_ns, "writer cpu": time.process_time_ns()}
 
     async def _write(self, frames: dict[str, pl.DataFrame]) -> None:
         writes = [asyncio.ensure_future(self.sinks[s].write(f)) for s, f in frames.items()]
