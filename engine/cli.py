@@ -2,7 +2,10 @@
 
     conflux validate FILE          check a YAML pipeline; errors name the field's path
     conflux plan FILE              print its stages
-    conflux run FILE [--runner local] [--bootstrap HOST:PORT] [--stop-when-idle SECONDS]
+    conflux run FILE [--runner local|ray] [--address ADDRESS] [--workers N]
+                   [--bootstrap HOST:PORT] [--stop-when-idle SECONDS]
+    conflux scale NAME --workers N [--address ADDRESS]
+                                   change how many workers a pipeline running on Ray uses
     conflux test FILE              run the tests kept in the pipeline's `tests:` section
     conflux broker [--port PORT]   run the embedded Kafka-compatible broker until Ctrl-C
     conflux replay --from DLQ_TOPIC --to TOPIC --bootstrap HOST:PORT [--group G]
@@ -31,6 +34,7 @@ from engine.errors import ConfigError, ConfluxError
 from engine.pipeline import Pipeline
 from engine.plan import build_plan
 from engine.replay import RawKafkaSink, replay
+from engine.runners.local import RunStats
 from engine.spec import (
     KafkaSinkSpec,
     KafkaSourceSpec,
@@ -54,9 +58,20 @@ def main(argv: list[str] | None = None) -> int:
         if name == "run":
             command.add_argument(
                 "--runner",
-                choices=["local"],
+                choices=["local", "ray"],
                 default="local",
-                help="where to run it (default: local, in this process)",
+                help="where to run it: local (default, in this process) or ray (actors)",
+            )
+            command.add_argument(
+                "--address",
+                help="Ray cluster to run on (--runner ray): 'auto' for the one this machine "
+                "belongs to, ray://HOST:10001; default: the job's cluster, else a local one",
+            )
+            command.add_argument(
+                "--workers",
+                type=int,
+                default=1,
+                help="Ray worker actors (--runner ray; at most the input's partitions)",
             )
             command.add_argument(
                 "--bootstrap",
@@ -69,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                 metavar="SECONDS",
                 help="end the run once a Kafka source has had no new record for this long",
             )
+    scaling = commands.add_parser("scale", help="rescale a pipeline running on Ray")
+    scaling.add_argument("name", help="the pipeline's name (its `name:`)")
+    scaling.add_argument("--workers", type=int, required=True)
+    scaling.add_argument("--address", default="auto", help="its Ray cluster (default: auto)")
     broker = commands.add_parser("broker", help="run the embedded Kafka-compatible broker")
     broker.add_argument("--port", type=int, help="loopback port (default: a free one)")
     replaying = commands.add_parser(
@@ -94,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             return _broker(arguments.port)
         if arguments.command == "replay":
             return _replay(arguments)
+        if arguments.command == "scale":
+            return _scale(arguments.name, arguments.workers, arguments.address)
         sys.path[:0] = [str(Path.cwd()), str(arguments.file.resolve().parent.parent)]
         spec = load_spec(arguments.file)
         if arguments.command == "validate":
@@ -103,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             print(build_plan(spec).describe())
         elif arguments.command == "run":
             idle_ms = None if arguments.stop_when_idle is None else arguments.stop_when_idle * 1000
-            return _run(with_kafka_settings(spec, arguments.bootstrap, idle_ms))
+            spec = with_kafka_settings(spec, arguments.bootstrap, idle_ms)
+            if arguments.runner == "ray":
+                return _run_on_ray(spec, arguments.workers, arguments.address)
+            return _run(spec)
         else:
             return _test(spec)
     except ConfluxError as error:
@@ -113,7 +137,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(spec: PipelineSpec) -> int:
-    stats = Pipeline.from_spec(spec).run()
+    return _report(spec, Pipeline.from_spec(spec).run())
+
+
+def _run_on_ray(spec: PipelineSpec, workers: int, address: str | None) -> int:
+    from engine.runners.ray import RayRunner  # imports Ray: only when asked for
+
+    runner = RayRunner(build_plan(spec), workers=workers, address=address)
+    status = _report(spec, runner.run())
+    print(
+        f"  on Ray: {runner.stats.checkpoints} checkpoints, {runner.rescales} rescales, "
+        f"{len(runner.recovery_seconds)} recoveries"
+        + "".join(f" ({seconds:.1f} s)" for seconds in runner.recovery_seconds)
+    )
+    return status
+
+
+def _scale(name: str, workers: int, address: str) -> int:
+    from engine.runners.ray import scale
+
+    status = scale(name, workers, address)
+    print(f"{name}: {status['workers']} workers over {status['partitions']} partitions")
+    return 0
+
+
+def _report(spec: PipelineSpec, stats: RunStats) -> int:
     rate = stats.messages / stats.wall_seconds if stats.wall_seconds else 0.0
     print(
         f"{spec.name}: {stats.messages:,} messages in {stats.wall_seconds:.2f} s "

@@ -208,9 +208,30 @@ class Pipeline:
     def plan(self) -> Plan:
         return build_plan(self.spec())
 
-    def run(self, progress: Progress | None = None) -> RunStats:
-        """Run on the local runner until the source ends."""
+    def run(
+        self,
+        progress: Progress | None = None,
+        *,
+        runner: str = "local",
+        workers: int = 1,
+        address: str | None = None,
+    ) -> RunStats:
+        """Run until the source ends: on the local runner (in this process), or with
+        `runner="ray"` on `workers` Ray actors (`engine.runners.ray.RayRunner`; `address`: a
+        running cluster, else a local one). On Ray, sources and sinks must be specs."""
         plan = self.plan()
+        if runner == "ray":
+            if self._live_source is not None or self._live_sinks:
+                raise ConfigError(
+                    f"pipeline {self.name!r}: the Ray runner opens sources and sinks in its "
+                    "actors: give them as specs (FileSourceSpec, KafkaSinkSpec, ...), not as "
+                    "live objects"
+                )
+            from engine.runners.ray import RayRunner  # imports Ray: only when asked for
+
+            return RayRunner(plan, workers=workers, address=address, progress=progress).run()
+        if runner != "local":
+            raise ConfigError(f"pipeline {self.name!r}: runner must be 'local' or 'ray'")
         source = self._live_source or open_source(plan.spec.source)
         sinks = {
             name: self._live_sinks.get(name) or open_sink(spec)

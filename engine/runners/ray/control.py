@@ -61,6 +61,8 @@ def scale(pipeline: str, workers: int, address: str = "auto", timeout_s: float =
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = ray.get(control.read.remote())
+        if status.get("refused"):
+            raise ConfluxError(f"pipeline {pipeline!r} cannot rescale: {status['refused']}")
         if status.get("workers") == status.get("target") == min(workers, status["partitions"]):
             return status
         time.sleep(0.2)

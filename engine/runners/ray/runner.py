@@ -44,7 +44,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -64,6 +64,7 @@ from engine.operators.key_by import KeyBy
 from engine.plan import Plan
 from engine.runners.local import Progress, RunStats
 from engine.runners.ray.control import NAMESPACE, Control, control_name
+from engine.runners.ray.ordering import MAX_CONCURRENCY, Ticket
 from engine.runners.ray.splits import Split, SplitPosition, splits_for
 from engine.runners.ray.store import Manifest, RayCheckpointStore, StateFiles
 from engine.runners.ray.worker import Worker, shuffles, split_plan
@@ -83,37 +84,48 @@ _LOST = (
 )
 #: Checkpoint interval when the spec names no checkpoint (recovery within the run only).
 DEFAULT_INTERVAL_MS = 2000
+#: How long a recovery waits for Ray to restart dead actors.
+RESTART_TIMEOUT_S = 60
 #: How many failures in a row (without a checkpoint in between) end the run.
 MAX_RECOVERIES = 5
 
-_WorkerActor = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=1)(Worker)
-_WriterActor = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)(SinkWriter)
+_ACTOR = {"max_restarts": -1, "max_task_retries": 0, "max_concurrency": MAX_CONCURRENCY}
+_WorkerActor = ray.remote(num_cpus=1, **_ACTOR)(Worker)
+_WriterActor = ray.remote(num_cpus=0, **_ACTOR)(SinkWriter)
 _ControlActor = ray.remote(num_cpus=0)(Control)
 
 
 @dataclass
 class _Batch:
-    """A batch between source and sinks.
+    """A batch between source and sinks, through three phases, each submitted only once
+    the one before it is done (see `_advance`):
 
-    First its head runs (`pieces`: one per worker, and `count`: its input messages); then,
-    in batch order, its tails and its sink write (`write`). `position`: where a bounded
-    source continues after it.
+    1. its head (`head`: a worker's pieces, one per worker; `count`: input messages), or
+       with no shuffle its head and tail in one call (`outputs`);
+    2. its tails (`outputs`: one per worker);
+    3. its sink write (`write`).
+
+    `position`: where a bounded source continues after it.
     """
 
     seq: int
     count: ray.ObjectRef
-    pieces: list[ray.ObjectRef]
     position: SplitPosition | None
+    head: list[ray.ObjectRef] = field(default_factory=list)
+    outputs: list[ray.ObjectRef] = field(default_factory=list)
     write: ray.ObjectRef | None = None
 
 
 @dataclass
 class _Barrier:
+    """A checkpoint under way: workers' snapshots, then (once the write of batch
+    `last_seq` is submitted) the writer's positions."""
+
     number: int
     snapshots: list[ray.ObjectRef]
-    sinks: ray.ObjectRef
     split: SplitPosition | None
     last_seq: int
+    sinks: ray.ObjectRef | None = None
 
 
 class RayRunner:
@@ -149,10 +161,14 @@ class RayRunner:
         self._shuffle = shuffles(plan)
         self._import_paths = [p for p in sys.path if p and os.path.isdir(p)]
         self._workers: list[Any] = []
-        self._heading: deque[_Batch] = deque()  # head submitted, tails not yet
-        self._in_flight: deque[_Batch] = deque()  # sink write submitted
+        self._heading: deque[_Batch] = deque()  # phase 1
+        self._tailing: deque[_Batch] = deque()  # phase 2
+        self._in_flight: deque[_Batch] = deque()  # phase 3: sink write submitted
         self._barrier: _Barrier | None = None
         self._seq = 0
+        self._tailed_seq = -1  # the last batch whose tails (state effects) are submitted
+        self._tickets: dict[int, Ticket] = {}  # id(actor handle) → its next ticket
+        self._epoch = 0  # the last epoch begun (`_new_epoch`)
         self._failures = 0
         self._recovering_since: float | None = None
         self.rescales = 0
@@ -163,12 +179,21 @@ class RayRunner:
         """Use `workers` workers from the next batch on (thread-safe; `run` applies it)."""
         self._wanted = workers
 
+    def worker_pids(self) -> list[int]:
+        """The process id of each worker actor (on its node): for operators and fault
+        drills (`kill -9` one, and watch the run recover)."""
+        return ray.get([worker.pid.remote() for worker in self._workers])
+
     def run(self) -> RunStats:
         """Run until a bounded source ends (or a Kafka source is idle for the spec's
         `stop_when_idle_ms`); returns the run's figures."""
-        wall, cpu = time.perf_counter(), time.process_time()
         if not ray.is_initialized():
-            ray.init(address=self.address, namespace=NAMESPACE, log_to_driver=True)
+            starts_local = self.address is None and "RAY_ADDRESS" not in os.environ
+            # a cluster started here has no dashboard: its daemons would take CPU from
+            # the workers on a small machine (`ray start --head` gives one)
+            options = {"include_dashboard": False} if starts_local else {}
+            ray.init(address=self.address, namespace=NAMESPACE, **options)
+        wall, cpu = time.perf_counter(), time.process_time()
         temporary = None
         if self.spec.checkpoint is None:
             temporary = tempfile.mkdtemp(prefix=f"conflux-{self.spec.name}-")
@@ -212,7 +237,8 @@ class RayRunner:
         self.writer = _WriterActor.remote(self.spec, self._import_paths)
         self._workers = [self._new_worker(count) for _ in range(count)]
         opened = self.writer.open.remote(
-            self.store.sink_positions(manifest) if manifest is not None else None
+            self._new_epoch(self.writer),
+            self.store.sink_positions(manifest) if manifest is not None else None,
         )
         self._configure(manifest)
         ray.get(opened)
@@ -243,7 +269,7 @@ class RayRunner:
                     checkpointed_at = time.monotonic()
                 if not self._exhausted and self._batches() < self._limit():
                     self._submit()
-                elif self._heading or self._in_flight:
+                elif self._batches():
                     self._advance()
                 elif self._exhausted:
                     if self._barrier is not None:
@@ -252,15 +278,20 @@ class RayRunner:
             except _LOST as error:
                 self._recover(error)
             except RayTaskError as error:
-                raise _cause(error) from None
+                if not isinstance(error.cause, _LOST):
+                    raise _cause(error) from None
+                self._recover(error)
 
     def _finish(self) -> None:
         """End of a bounded input: each step's end-of-input outputs, then a last checkpoint
         (a rerun of a Kafka pipeline continues after everything this run wrote)."""
         while True:
             try:
-                outputs = [worker.finish.remote() for worker in self._workers]
-                self._account(ray.get(self.writer.write.remote(*outputs)), 0)
+                outputs = [w.finish.remote(self._ticket(w)) for w in self._workers]
+                seq, self._seq = self._seq, self._seq + 1
+                self._tailed_seq = seq
+                write = self.writer.write.remote(self._ticket(self.writer), seq, outputs)
+                self._account(seq, ray.get(write), 0)
                 if self.spec.checkpoint is not None:
                     self._checkpoint_now(self._split_position)
                 return
@@ -268,7 +299,10 @@ class RayRunner:
                 self._recover(error)
                 self._loop()
             except RayTaskError as error:
-                raise _cause(error) from None
+                if not isinstance(error.cause, _LOST):
+                    raise _cause(error) from None
+                self._recover(error)
+                self._loop()
 
     def _stop(self) -> None:
         for actor in [*self._workers, getattr(self, "writer", None), self.control]:
@@ -279,28 +313,36 @@ class RayRunner:
     # ---- batches ------------------------------------------------------------------------
 
     def _limit(self) -> int:
-        return self._max_in_flight or 2 * len(self._workers) + 2
+        # each batch holds at most two calls at a worker: stay within its threads
+        return min(self._max_in_flight or 2 * len(self._workers) + 2, MAX_CONCURRENCY // 4)
 
     def _batches(self) -> int:
-        return len(self._heading) + len(self._in_flight)
+        return len(self._heading) + len(self._tailing) + len(self._in_flight)
+
+    def _pending(self) -> list[ray.ObjectRef]:
+        refs = [b.count for b in self._heading] + [r for b in self._tailing for r in b.outputs]
+        return refs + [b.write for b in self._in_flight if b.write is not None]
 
     def _submit(self) -> None:
-        """Start the next batch: a split or a poll. With one call per batch (no shuffle),
-        its sink write follows at once; else its tails wait for its head (`_promote`)."""
+        """Start the next batch: a split or a poll (phase 1)."""
         workers = self._workers
         count = len(workers)
         seq = self._seq
-        position = None
         if self._kafka:
             if self._idle():
                 self._exhausted = True
                 return
             worker = workers[seq % count]
             if self._shuffle:
-                *pieces, messages = worker.poll.options(num_returns=count + 1).remote(seq, True)
+                *head, messages = worker.poll.options(num_returns=count + 1).remote(
+                    self._ticket(worker), seq, True
+                )
+                batch = _Batch(seq, messages, None, head=head)
             else:
-                output, messages = worker.poll.options(num_returns=2).remote(seq, False)
-                pieces = [output]
+                output, messages = worker.poll.options(num_returns=2).remote(
+                    self._ticket(worker), seq, False
+                )
+                batch = _Batch(seq, messages, None, outputs=[output])
         else:
             try:
                 split, position = next(self._splits)
@@ -308,65 +350,90 @@ class RayRunner:
                 self._exhausted = True
                 return
             if count == 1:
-                output, messages = workers[0].process.options(num_returns=2).remote(split)
-                pieces = [output]
+                output, messages = (
+                    workers[0]
+                    .process.options(num_returns=2)
+                    .remote(self._ticket(workers[0]), split)
+                )
+                batch = _Batch(seq, messages, position, outputs=[output])
             else:
-                head = workers[seq % count].head_split.options(num_returns=count + 1)
-                *pieces, messages = head.remote(seq, split)
+                worker = workers[seq % count]
+                call = worker.head_split.options(num_returns=count + 1)
+                *head, messages = call.remote(self._ticket(worker), seq, split)
+                batch = _Batch(seq, messages, position, head=head)
         self._seq += 1
-        batch = _Batch(seq, messages, pieces, position)
-        if self._shuffle and count > 1:
+        if batch.head:
             self._heading.append(batch)
-        else:
-            self._write(batch, pieces)
+        else:  # head and tail in one call: its state effects are submitted
+            self._tailing.append(batch)
+            self._tailed_seq = seq
+            if batch.position is not None:
+                self._split_position = batch.position
 
-    def _promote(self) -> None:
-        """Submit the tails of the oldest batch, whose head is done.
+    def _advance(self) -> None:
+        """Move the oldest batch of some phase on, waiting until one can.
 
-        Tails go in batch order, and only once the head has run: an actor runs the
-        driver's calls in order, so a tail submitted early would hold up the heads queued
-        behind it while it waits for another worker's head.
+        Calls run in ticket order at each actor (`engine.runners.ray.ordering`). No call
+        takes an object reference as an argument (the references of pieces and outputs
+        travel inside lists, fetched by the callee), so none waits for a dependency before
+        it reaches its actor; and a call is submitted only once what it fetches is ready,
+        so that it never holds up the calls behind it. Within a phase, batches move in
+        order.
         """
-        batch = self._heading.popleft()
-        tails = [
-            w.tail_piece.remote(batch.seq, batch.pieces[i]) for i, w in enumerate(self._workers)
-        ]
-        self._write(batch, tails)
+        waits = []
+        if self._heading:
+            waits.append([self._heading[0].count])
+        if self._tailing:
+            waits.append(self._tailing[0].outputs)
+        if self._in_flight:
+            assert self._in_flight[0].write is not None
+            waits.append([self._in_flight[0].write])
+        ray.wait([refs[0] for refs in waits], num_returns=1)
+        if self._heading and _ready([self._heading[0].count]):
+            self._start_tails(self._heading.popleft())
+        elif self._tailing and _ready(self._tailing[0].outputs):
+            self._start_write(self._tailing.popleft())
+        elif self._in_flight and _ready([self._in_flight[0].write]):
+            self._complete(self._in_flight.popleft())
 
-    def _write(self, batch: _Batch, outputs: list[ray.ObjectRef]) -> None:
-        batch.write = self.writer.write.remote(*outputs)
-        batch.pieces = []
-        self._in_flight.append(batch)
+    def _start_tails(self, batch: _Batch) -> None:
+        """Phase 2: every worker's tail on its piece of the batch."""
+        seq, head = batch.seq, batch.head
+        batch.outputs = [
+            w.tail_piece.remote(self._ticket(w), seq, [head[i]])
+            for i, w in enumerate(self._workers)
+        ]
+        batch.head = []
+        self._tailing.append(batch)
+        self._tailed_seq = seq
         if batch.position is not None:
             self._split_position = batch.position
 
-    def _advance(self) -> None:
-        """Wait until the oldest head or the oldest write is done, and move it on."""
-        candidates = []
-        if self._heading:
-            candidates.append(self._heading[0].count)
-        if self._in_flight:
-            assert self._in_flight[0].write is not None
-            candidates.append(self._in_flight[0].write)
-        ready, _ = ray.wait(candidates, num_returns=1)
-        if self._heading and self._heading[0].count in ready:
-            self._promote()
-        else:
-            self._complete(self._in_flight.popleft())
+    def _start_write(self, batch: _Batch) -> None:
+        """Phase 3: the batch's sink write, then the writer's barrier if it is due."""
+        batch.write = self.writer.write.remote(self._ticket(self.writer), batch.seq, batch.outputs)
+        batch.outputs = []
+        self._in_flight.append(batch)
+        barrier = self._barrier
+        if barrier is not None and barrier.sinks is None and barrier.last_seq <= batch.seq:
+            barrier.sinks = self.writer.positions.remote(
+                self._ticket(self.writer), barrier.last_seq
+            )
 
     def _complete(self, batch: _Batch) -> None:
         """Wait for a batch to be written; count it."""
         assert batch.write is not None
         rows = ray.get(batch.write)
         messages = ray.get(batch.count)
-        self._account(rows, messages)
+        self._account(batch.seq, rows, messages)
         if messages:
             self._last_record_at = time.monotonic()
             if self._recovering_since is not None:
                 self.recovery_seconds.append(time.monotonic() - self._recovering_since)
                 self._recovering_since = None
 
-    def _account(self, rows: dict[str, int], messages: int) -> None:
+    def _account(self, seq: int, rows: dict[str, int], messages: int) -> None:
+        """Count a written batch (after a recovery, replayed batches count again)."""
         self.stats.messages += messages
         self.stats.batches += 1
         for sink, count in rows.items():
@@ -384,33 +451,39 @@ class RayRunner:
     # ---- checkpoints --------------------------------------------------------------------
 
     def _start_barrier(self) -> None:
-        """Barriers after the batches whose tails are submitted (and, polls advancing a
-        Kafka source's offsets, after every poll submitted: their tails first)."""
+        """Barrier calls to every worker now, after the tails submitted so far (and, polls
+        advancing a Kafka source's offsets, after every poll submitted: their tails
+        first); to the writer once the last of those batches' writes is submitted."""
         if self._kafka:
             while self._heading:
                 ray.wait([self._heading[0].count])
-                self._promote()
+                self._start_tails(self._heading.popleft())
         number, self._next_number = self._next_number, self._next_number + 1
+        last_seq = self._tailed_seq
         self._barrier = _Barrier(
             number,
-            [worker.snapshot.remote(number) for worker in self._workers],
-            self.writer.positions.remote(),
+            [w.snapshot.remote(self._ticket(w), number) for w in self._workers],
             None if self._kafka else self._split_position,
-            self._in_flight[-1].seq if self._in_flight else -1,
+            last_seq,
         )
+        if not self._tailing:  # every write up to `last_seq` is submitted
+            self._barrier.sinks = self.writer.positions.remote(self._ticket(self.writer), last_seq)
 
     def _try_complete_barrier(self, block: bool) -> Manifest | None:
         """Commit the pending checkpoint once every actor has passed its barrier."""
         barrier = self._barrier
         assert barrier is not None
+        while block and barrier.sinks is None:
+            self._advance()
+        if barrier.sinks is None:
+            return None
         refs = [*barrier.snapshots, barrier.sinks]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if block else 0)
         if len(ready) < len(refs):
             return None
         snapshots = ray.get(barrier.snapshots)
         sinks = ray.get(barrier.sinks)
-        # the batches before the barrier are written: count them, so the figures a
-        # recovery returns to are those of this checkpoint
+        # the batches before the barrier are written
         while self._in_flight and self._in_flight[0].seq <= barrier.last_seq:
             self._complete(self._in_flight.popleft())
         states: dict[str, StateFiles] = {}
@@ -431,17 +504,16 @@ class RayRunner:
         )
         self._barrier = None
         self._failures = 0
-        self._committed = (self.stats.messages, dict(self.stats.rows_out), self.stats.batches)
         self.stats.checkpoints += 1
         if manifest.offsets is not None:
             for worker in self._workers:  # the group's offsets: for monitoring tools
-                worker.commit.remote(manifest.offsets)
+                worker.commit.remote(self._ticket(worker), manifest.offsets)
         self._report()
         return manifest
 
     def _checkpoint_now(self, split: SplitPosition | None) -> Manifest:
         """A checkpoint between batches (start, rescale, end): waits for it."""
-        while self._heading or self._in_flight:
+        while self._batches():
             self._advance()
         if self._barrier is not None:
             self._try_complete_barrier(block=True)
@@ -463,22 +535,28 @@ class RayRunner:
             ) from error
         started = time.monotonic()
         log.warning("pipeline %s: %s; restoring the last checkpoint", self.spec.name, error)
-        pending = [b.count for b in self._heading] + [b.write for b in self._in_flight]
-        if self._barrier is not None:
-            pending += [*self._barrier.snapshots, self._barrier.sinks]
-        if pending:  # let them end (most fail at once) before anything is restored
-            ray.wait(pending, num_returns=len(pending), timeout=30)
-        self._heading.clear()
-        self._in_flight.clear()
+        # calls in flight are dropped: those of the new epoch's tickets start afresh, and
+        # each actor runs none of the old ones once the new epoch has begun
+        for phase in (self._heading, self._tailing, self._in_flight):
+            phase.clear()
         self._barrier = None
         manifest = self.store.load()
         assert manifest is not None  # one is written before the first batch
-        ray.get(self.writer.open.remote(self.store.sink_positions(manifest)))
-        self._configure(manifest)
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
+        while True:  # Ray restarts the dead actors; calls fail until they are back
+            try:
+                positions = self.store.sink_positions(manifest)
+                ray.get(self.writer.open.remote(self._new_epoch(self.writer), positions))
+                self._configure(manifest)
+                break
+            except ActorUnavailableError as unavailable:
+                if time.monotonic() > deadline:
+                    raise ConfluxError(
+                        f"pipeline {self.spec.name!r}: actors not back {RESTART_TIMEOUT_S} s "
+                        f"after a failure: {unavailable}"
+                    ) from error
+                time.sleep(0.1)
         self._rewind(manifest)
-        self.stats.messages, rows_out, self.stats.batches = self._committed
-        self.stats.rows_out.clear()
-        self.stats.rows_out.update(rows_out)
         self._recovering_since = started
         self._report()
 
@@ -498,7 +576,7 @@ class RayRunner:
             )
             return
         for worker in self._workers[wanted:]:
-            ray.get(worker.close.remote())
+            ray.get(worker.close.remote(self._ticket(worker)))
             ray.kill(worker)
         self._workers = self._workers[:wanted]
         self._workers += [self._new_worker(wanted) for _ in range(wanted - len(self._workers))]
@@ -508,11 +586,11 @@ class RayRunner:
         self._report()
 
     def _configure(self, manifest: Manifest | None) -> None:
-        count = len(self._workers)
+        count, location = len(self._workers), self.store.location
         ray.get(
             [
                 worker.configure.remote(
-                    index, count, self.partitions, self.store.location, manifest
+                    self._new_epoch(worker), index, count, self.partitions, location, manifest
                 )
                 for index, worker in enumerate(self._workers)
             ]
@@ -522,12 +600,23 @@ class RayRunner:
         self._exhausted = False
         self._last_record_at = time.monotonic()
         self._recovering_since = None
-        self._committed = (self.stats.messages, dict(self.stats.rows_out), self.stats.batches)
         self._split_position = manifest.split
         if not self._kafka:
             self._splits: Iterator[tuple[Split, SplitPosition]] = splits_for(
                 self.spec.source, manifest.split or None
             )
+
+    def _ticket(self, actor: Any) -> Ticket:
+        """The next ticket of `actor`'s order-sensitive calls (`engine.runners.ray.ordering`)."""
+        epoch, number = self._tickets[id(actor)]
+        self._tickets[id(actor)] = (epoch, number + 1)
+        return epoch, number
+
+    def _new_epoch(self, actor: Any) -> int:
+        """A new epoch for `actor`'s tickets, given to its `configure` or `open`."""
+        self._epoch += 1
+        self._tickets[id(actor)] = (self._epoch, 0)
+        return self._epoch
 
     def _new_worker(self, count: int) -> Any:
         """A worker actor; its polars threads share the node's cores with its `count - 1`
@@ -571,6 +660,11 @@ class RayRunner:
                 "refused": refused,
             }
         )
+
+
+def _ready(refs: list[ray.ObjectRef]) -> bool:
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    return len(ready) == len(refs)
 
 
 def _merge(files: StateFiles | None, more: StateFiles) -> StateFiles:

@@ -17,8 +17,9 @@ by worker `p % workers`. A worker:
 - `configure`: takes an assignment and restores its partitions' state from a checkpoint
   (at start, after a failure, after a rescale).
 
-The driver submits every call, and an actor runs one driver's calls in submission order:
-that order is what makes a `snapshot` call an aligned barrier.
+Calls that touch state or sources run in the order the driver numbered them
+(`engine.runners.ray.ordering`): that order is what makes a `snapshot` call an aligned
+barrier. `configure` starts the numbering again.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import ray
 
 from engine.batch import PARTITION
 from engine.connectors.encoding import preencode
@@ -42,6 +44,7 @@ from engine.operators.key_by import KeyBy
 from engine.plan import Plan, build_plan
 from engine.runners.chain import Routed, StepChain, merged
 from engine.runners.ray.loop import BackgroundLoop
+from engine.runners.ray.ordering import TicketOrder, in_order
 from engine.runners.ray.splits import Split
 from engine.runners.ray.store import Manifest, RayCheckpointStore, StateFiles
 from engine.spec import FileSinkSpec, KafkaSourceSpec, PipelineSpec
@@ -89,6 +92,7 @@ class Worker:
         self.source: KafkaSource | None = None
         self._io: BackgroundLoop | None = None
         self._stash: dict[int, tuple[pl.DataFrame | None, Routed]] = {}
+        self.order = TicketOrder()
 
     def pid(self) -> int:
         return os.getpid()
@@ -97,6 +101,7 @@ class Worker:
 
     def configure(
         self,
+        epoch: int,
         index: int,
         workers: int,
         partitions: int,
@@ -104,7 +109,9 @@ class Worker:
         manifest: Manifest | None,
     ) -> None:
         """Own partitions `p % workers == index` of `partitions`, with their state from
-        `manifest` (None: empty state, source from its configured start)."""
+        `manifest` (None: empty state, source from its configured start); calls of
+        tickets before `epoch` are dropped from now on."""
+        self.order.start_epoch(epoch)
         self.index, self.workers = index, workers
         self.owned = tuple(p for p in range(partitions) if p % workers == index)
         self.store = RayCheckpointStore(store)
@@ -162,6 +169,7 @@ class Worker:
         )
         self.source.resume(manifest.offsets if manifest is not None else None)
 
+    @in_order
     def snapshot(self, number: int) -> tuple[dict[str, StateFiles], dict[int, int]]:
         """The barrier: write this worker's state for checkpoint `number`; return where it
         is and the next offset of each Kafka partition it owns."""
@@ -178,6 +186,7 @@ class Worker:
             offsets = {p: o for p, o in read.items() if p in self.owned}
         return files, offsets
 
+    @in_order
     def commit(self, offsets: dict[str, dict[int, int]]) -> None:
         """Commit a completed checkpoint's offsets of this worker's partitions."""
         if self.source is not None and self._io is not None:
@@ -185,6 +194,7 @@ class Worker:
 
     # ---- batches ------------------------------------------------------------------------
 
+    @in_order
     def head_split(self, seq: int, split: Split) -> list[Any]:
         """Read and run the head on `split`: one piece per owner (this worker's stays
         here, for its `tail(seq)`), then the number of input messages."""
@@ -195,8 +205,15 @@ class Worker:
         pieces[self.index] = None
         return [*(None if p is None else p.to_arrow() for p in pieces), batch.height]
 
-    def tail_piece(self, seq: int, piece: pa.Table | None) -> Outputs:
-        """Run the tail on this worker's rows of batch `seq`; the batch's sink outputs."""
+    @in_order
+    def tail_piece(self, seq: int, wrapped: list[ray.ObjectRef]) -> Outputs:
+        """Run the tail on this worker's rows of batch `seq`; the batch's sink outputs.
+
+        The piece comes as a reference inside a list, fetched here: a reference given as
+        an argument would be a dependency, and Ray may then run calls out of submission
+        order, which checkpoint barriers rely on (`engine.runners.ray.runner`).
+        """
+        piece = ray.get(wrapped[0])
         own, routed = self._stash.pop(seq, (None, defaultdict(list)))
         rows = own if piece is None else pl.from_arrow(piece)
         assert rows is None or isinstance(rows, pl.DataFrame)
@@ -206,11 +223,13 @@ class Worker:
                 routed[sink].extend(frames)
         return self._encode(routed)
 
+    @in_order
     def process(self, split: Split) -> list[Any]:
         """Head and tail in one call (one worker owns every partition): outputs, count."""
         batch = self._read(split)
         return [self._whole(batch), batch.height]
 
+    @in_order
     def poll(self, seq: int, shuffle: bool) -> list[Any]:
         """Fetch from this worker's Kafka partitions (waiting up to the source's linger).
 
@@ -227,6 +246,7 @@ class Worker:
         pieces[self.index] = None
         return [*(None if p is None else p.to_arrow() for p in pieces), count]
 
+    @in_order
     def finish(self) -> Outputs:
         """End of a bounded input: what each step emits then."""
         routed, _ = self.tail.finish()
@@ -235,6 +255,7 @@ class Worker:
     def stats(self) -> dict[str, int]:
         return {**self.stage_ns, "worker cpu": time.process_time_ns()}
 
+    @in_order
     def close(self) -> None:
         if self.source is not None and self._io is not None:
             self._io.run(self.source.close())

@@ -16,51 +16,53 @@ from collections import defaultdict
 
 import polars as pl
 import pyarrow as pa
+import ray
 
 from engine.connectors import open_sink
 from engine.connectors.base import ResumableSink, Sink, SinkPosition
 from engine.errors import CheckpointError
 from engine.runners.chain import merged
 from engine.runners.ray.loop import BackgroundLoop
+from engine.runners.ray.ordering import TicketOrder, in_order
 from engine.spec import PipelineSpec
 
 
 class SinkWriter:
+    """The writer actor. Its methods are plain functions (a coroutine method would make
+    Ray run the actor as an async one, whose calls interleave); sink I/O runs on a loop
+    of its own."""
+
     def __init__(self, spec: PipelineSpec, import_paths: list[str]) -> None:
         sys.path[:0] = [path for path in import_paths if os.path.isdir(path)]
         self.spec = spec
         self.sinks: dict[str, Sink] = {}
         self.stage_ns: dict[str, int] = defaultdict(int)
+        self._written: int | None = None  # the last batch written since `open`
+        self.order = TicketOrder()
         self._io = BackgroundLoop()
 
     def pid(self) -> int:
         return os.getpid()
 
-    def open(self, positions: dict[str, SinkPosition] | None) -> None:
+    def open(self, epoch: int, positions: dict[str, SinkPosition] | None) -> None:
         """(Re)open every sink where a checkpoint's `positions` say its output ends (None: a
-        fresh start: files emptied, Kafka topics read to their ends)."""
-        self._io.run(self._open(positions))
-
-    async def _open(self, positions: dict[str, SinkPosition] | None) -> None:
-        await self._close()
+        fresh start: files emptied, Kafka topics read to their ends); calls of tickets
+        before `epoch` are dropped from now on."""
+        self.order.start_epoch(epoch)
+        self._io.run(_close(self.sinks))
+        self._written = None
         self.sinks = {name: open_sink(spec) for name, spec in self.spec.sinks.items()}
-        for name, sink in self.sinks.items():
-            if isinstance(sink, ResumableSink):
-                await sink.resume(positions.get(name) if positions is not None else None)
-            elif positions is None:
-                start = getattr(sink, "start", None)
-                if start is not None:
-                    await start()
-            else:
-                raise CheckpointError(
-                    f"pipeline {self.spec.name!r}: sink {name!r} ({type(sink).__name__}) "
-                    "cannot resume its output after a failure; the Ray runner needs Kafka or "
-                    "NDJSON sinks to recover"
-                )
+        self._io.run(_open(self.spec.name, self.sinks, positions))
 
-    def write(self, *outputs: dict[str, pa.Table]) -> dict[str, int]:
-        """Write one batch's outputs (one dict per worker); rows written per sink."""
+    @in_order
+    def write(self, seq: int, wrapped: list[ray.ObjectRef]) -> dict[str, int]:
+        """Write batch `seq`'s outputs (one dict per worker, as references fetched here:
+        see `Worker.tail_piece`); rows written per sink."""
+        if self._written is not None and seq <= self._written:
+            raise RuntimeError(f"sink writer: batch {seq} after batch {self._written}")
+        self._written = seq
         started = time.perf_counter_ns()
+        outputs: list[dict[str, pa.Table]] = ray.get(wrapped)
         tables: dict[str, list[pl.DataFrame]] = defaultdict(list)
         for output in outputs:
             for sink, table in output.items():
@@ -68,36 +70,64 @@ class SinkWriter:
                 assert isinstance(frame, pl.DataFrame)
                 tables[sink].append(frame)
         frames = {sink: merged(parts) for sink, parts in tables.items()}
-        self._io.run(self._write(frames))
+        self._io.run(_write(self.sinks, frames))
         self.stage_ns["write"] += time.perf_counter_ns() - started
         return {sink: frame.height for sink, frame in frames.items()}
+
+    @in_order
+    def positions(self, last_seq: int) -> dict[str, SinkPosition]:
+        """The barrier at the sinks, after batch `last_seq`: where each resumable output
+        ends, all written so far durable (non-resumable sinks are left out)."""
+        if self._written is not None and self._written != last_seq:
+            raise RuntimeError(
+                f"sink writer: barrier after batch {last_seq}, but batch {self._written} "
+                "was the last written"
+            )
+        return self._io.run(_positions(self.sinks))
+
+    @in_order
+    def close(self) -> None:
+        sinks, self.sinks = self.sinks, {}
+        self._io.run(_close(sinks))
 
     def stats(self) -> dict[str, int]:
         return {**self.stage_ns, "writer cpu": time.process_time_ns()}
 
-    async def _write(self, frames: dict[str, pl.DataFrame]) -> None:
-        writes = [asyncio.ensure_future(self.sinks[s].write(f)) for s, f in frames.items()]
-        try:
-            await asyncio.gather(*writes)
-        except BaseException:
-            for write in writes:
-                write.cancel()
-            raise
 
-    def positions(self) -> dict[str, SinkPosition]:
-        """The barrier at the sinks: where each resumable output ends, all written so far
-        durable (non-resumable sinks are left out)."""
-        return self._io.run(self._positions())
+async def _open(
+    pipeline: str, sinks: dict[str, Sink], positions: dict[str, SinkPosition] | None
+) -> None:
+    for name, sink in sinks.items():
+        if isinstance(sink, ResumableSink):
+            await sink.resume(positions.get(name) if positions is not None else None)
+        elif positions is None:
+            start = getattr(sink, "start", None)
+            if start is not None:
+                await start()
+        else:
+            raise CheckpointError(
+                f"pipeline {pipeline!r}: sink {name!r} ({type(sink).__name__}) cannot resume "
+                "its output after a failure; the Ray runner needs Kafka or NDJSON sinks to "
+                "recover"
+            )
 
-    async def _positions(self) -> dict[str, SinkPosition]:
-        resumable = {n: s for n, s in self.sinks.items() if isinstance(s, ResumableSink)}
-        found = await asyncio.gather(*(sink.position() for sink in resumable.values()))
-        return dict(zip(resumable, found, strict=True))
 
-    def close(self) -> None:
-        self._io.run(self._close())
+async def _write(sinks: dict[str, Sink], frames: dict[str, pl.DataFrame]) -> None:
+    writes = [asyncio.ensure_future(sinks[name].write(frame)) for name, frame in frames.items()]
+    try:
+        await asyncio.gather(*writes)
+    except BaseException:
+        for write in writes:  # one sink failed: the batch is not written, stop the rest
+            write.cancel()
+        raise
 
-    async def _close(self) -> None:
-        sinks, self.sinks = self.sinks, {}
-        for sink in sinks.values():
-            await sink.close()
+
+async def _positions(sinks: dict[str, Sink]) -> dict[str, SinkPosition]:
+    resumable = {name: sink for name, sink in sinks.items() if isinstance(sink, ResumableSink)}
+    found = await asyncio.gather(*(sink.position() for sink in resumable.values()))
+    return dict(zip(resumable, found, strict=True))
+
+
+async def _close(sinks: dict[str, Sink]) -> None:
+    for sink in sinks.values():
+        await sink.close()
