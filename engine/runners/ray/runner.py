@@ -244,7 +244,8 @@ class RayRunner:
         ray.get(opened)
         self._next_number = self.store.next_number()
         if manifest is None:  # where every output begins, so that any failure can resume
-            manifest = self._checkpoint_now(split={} if not self._kafka else None)
+            self._split_position = None if self._kafka else {}
+            manifest = self._checkpoint_now()
         self._rewind(manifest)
         self._report()
 
@@ -293,7 +294,10 @@ class RayRunner:
                 write = self.writer.write.remote(self._ticket(self.writer), seq, outputs)
                 self._account(seq, ray.get(write), 0)
                 if self.spec.checkpoint is not None:
-                    self._checkpoint_now(self._split_position)
+                    self._checkpoint_now()
+                # flush and release the sinks and sources before the actors are stopped
+                actors = [self.writer, *self._workers]
+                ray.get([actor.close.remote(self._ticket(actor)) for actor in actors])
                 return
             except _LOST as error:
                 self._recover(error)
@@ -511,13 +515,12 @@ class RayRunner:
         self._report()
         return manifest
 
-    def _checkpoint_now(self, split: SplitPosition | None) -> Manifest:
+    def _checkpoint_now(self) -> Manifest:
         """A checkpoint between batches (start, rescale, end): waits for it."""
         while self._batches():
             self._advance()
         if self._barrier is not None:
             self._try_complete_barrier(block=True)
-        self._split_position = split
         self._start_barrier()
         manifest = self._try_complete_barrier(block=True)
         assert manifest is not None
@@ -566,7 +569,7 @@ class RayRunner:
         if wanted == len(self._workers):
             self._report()
             return
-        manifest = self._checkpoint_now(self._split_position)
+        manifest = self._checkpoint_now()
         unpartitioned = [step for step, files in manifest.states.items() if files.workers]
         if unpartitioned:
             self._wanted = len(self._workers)
