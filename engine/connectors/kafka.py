@@ -417,7 +417,8 @@ def topic_partitions(bootstrap: str, topic: str, retry: Retry = DEFAULT_RETRY) -
             retry,
         )
         try:
-            found = await consumer.partitions_for_topic(topic)
+            await consumer.topics()  # fetches the cluster's metadata
+            found = consumer.partitions_for_topic(topic)
         finally:
             await consumer.stop()
         if not found:

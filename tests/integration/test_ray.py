@@ -1,0 +1,198 @@
+"""The Ray runner on a real (local) Ray cluster: W1 equals the local runner's outputs and
+the reference with 1 and 2 workers, in the file and the Kafka form; a worker killed with
+SIGKILL mid-stream is recovered with no loss and no duplicate; a rescale 1→2→1 mid-stream
+changes nothing in the outputs; `conflux run --runner ray` and `conflux scale` work."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import ray
+
+from benchmarks.w1_canonical import compare, read_output_dir
+from benchmarks.w1_generate import generate
+from benchmarks.w1_reference import run_reference
+from engine.broker import EmbeddedBroker
+from engine.cli import with_kafka_settings
+from engine.plan import build_plan
+from engine.runners.ray import RayRunner, scale
+from engine.spec import CheckpointSpec, FileSourceSpec, PipelineSpec, load_spec
+from pipelines.w1 import TOPICS
+from tests.integration.test_kafka import produce, read_topics
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """One local Ray cluster for these tests (4 logical CPUs: up to 4 workers on 2 cores);
+    yields its address, for commands run in other processes."""
+    context = ray.init(num_cpus=4, include_dashboard=False, namespace="conflux")
+    try:
+        yield context.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+
+
+def w1_files(
+    input_path: Path, output: Path, batch_size: int = 5_000, checkpoint: Path | None = None
+) -> PipelineSpec:
+    """pipelines/w1_files.yaml on `input_path`, writing into `output`."""
+    os.environ["W1_INPUT"], os.environ["W1_OUTPUT"] = str(input_path), str(output)
+    spec = load_spec(ROOT / "pipelines" / "w1_files.yaml")
+    source = spec.source
+    assert isinstance(source, FileSourceSpec)
+    return msgspec.structs.replace(
+        spec,
+        source=msgspec.structs.replace(source, batch_size=batch_size),
+        checkpoint=None
+        if checkpoint is None
+        else CheckpointSpec(directory=str(checkpoint), interval_ms=200),
+    )
+
+
+def after(messages: int, action: Callable[[], None]) -> Callable[[int], None]:
+    """A progress callback that runs `action` once, when `messages` have been written."""
+    seen = [0, False]
+
+    def progress(count: int) -> None:
+        seen[0] += count
+        if seen[0] >= messages and not seen[1]:
+            seen[1] = True
+            action()
+
+    return progress
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_w1_file_form_on_ray_equals_the_reference_and_the_local_runner(
+    ray_cluster: str,
+    w1_input: Path,
+    w1_expected: dict[str, list[bytes]],
+    tmp_path: Path,
+    workers: int,
+) -> None:
+    spec = w1_files(w1_input, tmp_path / "ray")
+    stats = RayRunner(build_plan(spec), workers=workers).run()
+    on_ray = read_output_dir(tmp_path / "ray")
+    assert compare(w1_expected, on_ray) == []
+    local = w1_files(w1_input, tmp_path / "local")
+    build_plan(local)  # same plan, local runner
+    from engine.pipeline import Pipeline
+
+    Pipeline.from_spec(local).run()
+    assert compare(read_output_dir(tmp_path / "local"), on_ray) == []
+    assert stats.messages == 100_000
+    assert stats.rows_out["w1.dlq"] == len(w1_expected["w1.dlq"]) > 0
+
+
+def test_a_worker_killed_mid_stream_is_recovered_without_loss_or_duplicates(
+    ray_cluster: str, w1_input: Path, w1_expected: dict[str, list[bytes]], tmp_path: Path
+) -> None:
+    spec = w1_files(w1_input, tmp_path / "out", batch_size=2_000, checkpoint=tmp_path / "ckpt")
+    runner = RayRunner(build_plan(spec), workers=2)
+    killed: list[int] = []
+
+    def kill_a_worker() -> None:
+        pid = runner.worker_pids()[1]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    runner.progress = after(40_000, kill_a_worker)
+    stats = runner.run()
+    assert killed, "the worker was killed mid-stream"
+    assert len(runner.recovery_seconds) == 1
+    assert runner.recovery_seconds[0] < 30
+    assert stats.checkpoints >= 2
+    assert compare(w1_expected, read_output_dir(tmp_path / "out")) == []
+    assert stats.messages >= 100_000  # the batches after the checkpoint count twice
+
+
+def test_a_rescale_1_2_1_mid_stream_gives_the_same_outputs(
+    ray_cluster: str, w1_input: Path, w1_expected: dict[str, list[bytes]], tmp_path: Path
+) -> None:
+    spec = w1_files(w1_input, tmp_path / "out", batch_size=2_000)
+    runner = RayRunner(build_plan(spec), workers=1)
+    seen: list[int] = []
+
+    def progress(count: int) -> None:
+        seen.append(count)
+        total = sum(seen)
+        if total >= 30_000 and runner.rescales == 0:
+            scale(spec.name, 2)  # as `conflux scale w1 --workers 2` does, via the cluster
+        if total >= 60_000 and runner.rescales == 1:
+            runner.scale(1)  # the Python API
+
+    # `scale` waits for the driver, which runs the callback: ask from another thread
+    def progress_in_thread(count: int) -> None:
+        thread = threading.Thread(target=progress, args=(count,))
+        thread.start()
+        if sum(seen) < 30_000 or runner.rescales >= 1:
+            thread.join()
+
+    runner.progress = progress_in_thread
+    stats = runner.run()
+    assert runner.rescales == 2
+    assert compare(w1_expected, read_output_dir(tmp_path / "out")) == []
+    assert stats.messages == 100_000
+
+
+def test_conflux_run_on_ray_and_conflux_scale_from_the_command_line(
+    ray_cluster: str, w1_input: Path, w1_expected: dict[str, list[bytes]], tmp_path: Path
+) -> None:
+    environment = {**os.environ, "W1_INPUT": str(w1_input), "W1_OUTPUT": str(tmp_path)}
+    command = [sys.executable, "-m", "engine.cli", "run", "pipelines/w1_files.yaml"]
+    command += ["--runner", "ray", "--workers", "2", "--address", ray_cluster]
+    run = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "w1: 100,000 messages" in run.stdout
+    assert compare(w1_expected, read_output_dir(tmp_path)) == []
+
+    missing = [sys.executable, "-m", "engine.cli", "scale", "no-such-pipeline"]
+    missing += ["--workers", "2", "--address", ray_cluster]
+    refused = subprocess.run(missing, cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "no pipeline named 'no-such-pipeline' is running" in refused.stderr
+
+
+@pytest.fixture
+def fresh_broker() -> Iterator[EmbeddedBroker]:
+    """W1's Kafka form has fixed topic names: each test gets a broker of its own."""
+    with EmbeddedBroker() as running:
+        yield running
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["clean", "worker-killed"])
+def test_w1_kafka_form_on_ray_equals_the_reference(
+    ray_cluster: str, fresh_broker: EmbeddedBroker, tmp_path: Path, kill: bool
+) -> None:
+    messages = list(generate(30_000, seed=7))
+    asyncio.run(produce(fresh_broker.bootstrap, "w1.in", messages, partitions=4))
+    os.environ["W1_WORKDIR"] = str(tmp_path)
+    spec = with_kafka_settings(
+        load_spec(ROOT / "pipelines" / "w1.yaml"), fresh_broker.bootstrap, stop_when_idle_ms=2000
+    )
+    source = msgspec.structs.replace(spec.source, batch_size=2_000)
+    spec = msgspec.structs.replace(spec, source=source)
+    runner = RayRunner(build_plan(spec), workers=2)
+    if kill:
+        runner.progress = after(10_000, lambda: os.kill(runner.worker_pids()[0], signal.SIGKILL))
+    started = time.monotonic()
+    stats = runner.run()
+    assert time.monotonic() - started < 120
+    assert len(runner.recovery_seconds) == (1 if kill else 0)
+    records = asyncio.run(read_topics(fresh_broker.bootstrap, TOPICS))
+    actual = {topic: [record.value for record in records[topic]] for topic in TOPICS}
+    assert compare(run_reference(messages), actual) == []
+    # after a recovery, the batches read again since the checkpoint count twice
+    assert stats.messages == 30_000 if not kill else stats.messages >= 30_000
