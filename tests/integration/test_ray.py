@@ -37,7 +37,9 @@ ROOT = Path(__file__).parents[2]
 def ray_cluster() -> Iterator[str]:
     """One local Ray cluster for these tests (4 logical CPUs: up to 4 workers on 2 cores);
     yields its address, for commands run in other processes."""
-    context = ray.init(num_cpus=4, include_dashboard=False, namespace="conflux")
+    context = ray.init(
+        num_cpus=4, include_dashboard=False, namespace="conflux", _node_ip_address="127.0.0.1"
+    )
     try:
         yield context.address_info["gcs_address"]
     finally:

@@ -88,7 +88,7 @@ def test_a_save_stopped_at_any_step_leaves_latest_naming_a_complete_checkpoint(
 ) -> None:
     steps = {
         name: getattr(checkpoint_module, name)
-        for name in ("_write_table", "_write_file", "_fsync_directory")
+        for name in ("_write_table", "write_file_durably", "fsync_directory")
     }
     renames = {"rename": os.rename, "replace": os.replace}
     crash_point = 0

@@ -191,7 +191,12 @@ class RayRunner:
             starts_local = self.address is None and "RAY_ADDRESS" not in os.environ
             # a cluster started here has no dashboard: its daemons would take CPU from
             # the workers on a small machine (`ray start --head` gives one)
-            options = {"include_dashboard": False} if starts_local else {}
+            # on loopback only: a cluster of this one machine needs no network address
+            options = (
+                {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+                if starts_local
+                else {}
+            )
             ray.init(address=self.address, namespace=NAMESPACE, **options)
         wall, cpu = time.perf_counter(), time.process_time()
         temporary = None

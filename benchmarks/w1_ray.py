@@ -1,0 +1,97 @@
+"""Benchmark: W1 engine-only on the Ray runner (1 and 2 workers) against the local runner,
+and the recovery time after a worker is killed.
+
+    python -m benchmarks.w1_ray --count 1000000 --runs 3
+
+One local Ray cluster (started once, as a session would) serves every Ray run. Each round
+runs, in this order, the local runner, Ray with 1 worker and Ray with 2 workers on the same
+input (file form, batch 10,000), so each round's ratios compare runs made minutes apart.
+The local runner runs in a fresh process; the Ray runs' wall time counts from the runner's
+start (actors created, sinks opened) to the last output written. Then one run with 2
+workers has a worker killed with SIGKILL halfway: the recovery time is from the failure
+seen by the driver to the first batch written after the restore.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import tempfile
+from pathlib import Path
+
+import ray
+
+from benchmarks.w1_engine import run_once
+from benchmarks.w1_generate import generate, write_ndjson
+from engine.runners.ray import RayRunner
+from engine.spec import FileSourceSpec
+from pipelines.w1 import file_sinks, w1
+
+
+def ray_run(input_path: Path, workers: int, batch_size: int, kill_at: int | None = None) -> dict:
+    with tempfile.TemporaryDirectory() as output:
+        source = FileSourceSpec(path=str(input_path), batch_size=batch_size)
+        pipeline = w1(source, file_sinks(output), partition_by_key=True)
+        runner = RayRunner(pipeline.plan(), workers=workers)
+        if kill_at is not None:
+            seen = [0]
+
+            def kill(count: int) -> None:
+                seen[0] += count
+                if seen[0] >= kill_at and not runner.recovery_seconds and seen[0] < 10**9:
+                    os.kill(runner.worker_pids()[-1], signal.SIGKILL)
+                    seen[0] = 10**9
+
+            runner.progress = kill
+        stats = runner.run()
+    return {
+        "wall": stats.wall_seconds,
+        "rate": stats.messages / stats.wall_seconds,
+        "recovery": runner.recovery_seconds,
+        "stages": stats.breakdown(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument("--input", type=Path, default=Path("out/bench/w1-1000000.ndjson"))
+    arguments = parser.parse_args(argv)
+    if not arguments.input.exists():
+        arguments.input.parent.mkdir(parents=True, exist_ok=True)
+        write_ndjson(generate(arguments.count, seed=42), arguments.input)
+    ray.init(
+        include_dashboard=False,
+        namespace="conflux",
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
+    rounds = []
+    for number in range(arguments.runs):
+        local = run_once(arguments.input, arguments.batch_size)
+        local_rate = local["messages"] / local["wall"]
+        one = ray_run(arguments.input, 1, arguments.batch_size)
+        two = ray_run(arguments.input, 2, arguments.batch_size)
+        rounds.append((local_rate, one["rate"], two["rate"]))
+        print(
+            f"round {number + 1}: local {local_rate:,.0f} msg/s, Ray 1 worker "
+            f"{one['rate']:,.0f} ({one['rate'] / local_rate:.0%} of local), Ray 2 workers "
+            f"{two['rate']:,.0f} ({two['rate'] / one['rate']:.2f}x 1 worker)",
+            flush=True,
+        )
+    killed = ray_run(arguments.input, 2, arguments.batch_size, kill_at=arguments.count // 2)
+    print("| figure | median |\n| --- | --- |")
+    for label, index in (("local", 0), ("Ray, 1 worker", 1), ("Ray, 2 workers", 2)):
+        print(f"| {label} | {statistics.median(r[index] for r in rounds):,.0f} msg/s |")
+    print(f"| Ray 1 worker / local | {statistics.median(r[1] / r[0] for r in rounds):.0%} |")
+    print(f"| Ray 2 workers / 1 worker | {statistics.median(r[2] / r[1] for r in rounds):.2f}x |")
+    print(f"| recovery after SIGKILL of a worker | {killed['recovery']} s |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
