@@ -36,6 +36,7 @@ import pyarrow as pa
 import ray
 
 from engine.batch import PARTITION
+from engine.connectors import kafka_source
 from engine.connectors.encoding import preencode
 from engine.connectors.kafka import KafkaSource
 from engine.errors import CheckpointError
@@ -157,16 +158,7 @@ class Worker:
             self._io = BackgroundLoop()
         if self.source is not None:
             self._io.run(self.source.close())
-        self.source = KafkaSource(
-            spec.bootstrap,
-            spec.topic,
-            spec.group,
-            batch_size=spec.batch_size,
-            linger_ms=spec.linger_ms,
-            start=spec.start,
-            session_timeout_ms=spec.session_timeout_ms,
-            partitions=self.owned,
-        )
+        self.source = kafka_source(spec, partitions=self.owned)
         self.source.resume(manifest.offsets if manifest is not None else None)
 
     @in_order
