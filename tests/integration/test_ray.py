@@ -26,6 +26,7 @@ from engine.broker import EmbeddedBroker
 from engine.cli import with_kafka_settings
 from engine.plan import build_plan
 from engine.runners.ray import RayRunner, scale
+from engine.runners.ray.cluster import connect
 from engine.spec import CheckpointSpec, FileSourceSpec, PipelineSpec, load_spec
 from pipelines.w1 import TOPICS
 from tests.integration.test_kafka import produce, read_topics
@@ -37,9 +38,9 @@ ROOT = Path(__file__).parents[2]
 def ray_cluster() -> Iterator[str]:
     """One local Ray cluster for these tests (4 logical CPUs: up to 4 workers on 2 cores);
     yields its address, for commands run in other processes."""
-    context = ray.init(
-        num_cpus=4, include_dashboard=False, namespace="conflux", _node_ip_address="127.0.0.1"
-    )
+    context = connect(num_cpus=4)
+    # the project's rule: no network address outside 127.0.0.0/8
+    assert all(node["NodeManagerAddress"] == "127.0.0.1" for node in ray.nodes())
     try:
         yield context.address_info["gcs_address"]
     finally:

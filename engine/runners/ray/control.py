@@ -14,8 +14,7 @@ from typing import Any
 import ray
 
 from engine.errors import ConfluxError
-
-NAMESPACE = "conflux"
+from engine.runners.ray.cluster import NAMESPACE, connect
 
 
 def control_name(pipeline: str) -> str:
@@ -49,8 +48,7 @@ def scale(pipeline: str, workers: int, address: str = "auto", timeout_s: float =
     (its status then says why, e.g. more workers than partitions)."""
     if workers < 1:
         raise ConfluxError(f"--workers must be at least 1, got {workers}")
-    if not ray.is_initialized():
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+    connect(address, log_to_driver=False)
     try:
         control = ray.get_actor(control_name(pipeline), namespace=NAMESPACE)
     except ValueError as error:

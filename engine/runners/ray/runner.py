@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +63,8 @@ from engine.errors import ConfigError, ConfluxError
 from engine.operators.key_by import KeyBy
 from engine.plan import Plan
 from engine.runners.local import Progress, RunStats
-from engine.runners.ray.control import NAMESPACE, Control, control_name
+from engine.runners.ray.cluster import connect
+from engine.runners.ray.control import Control, control_name
 from engine.runners.ray.ordering import MAX_CONCURRENCY, Ticket
 from engine.runners.ray.splits import Split, SplitPosition, splits_for
 from engine.runners.ray.store import Manifest, RayCheckpointStore, StateFiles
@@ -155,6 +156,8 @@ class RayRunner:
         self.progress = progress
         self.stats = RunStats()
         self.recovery_seconds: list[float] = []
+        #: Seconds from `run` to every actor started and restored (before the first batch).
+        self.startup_seconds = 0.0
         self._wanted = workers
         self._max_in_flight = max_in_flight
         self._kafka = isinstance(self.spec.source, KafkaSourceSpec)
@@ -187,17 +190,7 @@ class RayRunner:
     def run(self) -> RunStats:
         """Run until a bounded source ends (or a Kafka source is idle for the spec's
         `stop_when_idle_ms`); returns the run's figures."""
-        if not ray.is_initialized():
-            starts_local = self.address is None and "RAY_ADDRESS" not in os.environ
-            # a cluster started here has no dashboard: its daemons would take CPU from
-            # the workers on a small machine (`ray start --head` gives one)
-            # on loopback only: a cluster of this one machine needs no network address
-            options = (
-                {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
-                if starts_local
-                else {}
-            )
-            ray.init(address=self.address, namespace=NAMESPACE, **options)
+        connect(self.address)
         wall, cpu = time.perf_counter(), time.process_time()
         temporary = None
         if self.spec.checkpoint is None:
@@ -214,6 +207,7 @@ class RayRunner:
             ) from error
         try:
             self._start()
+            self.startup_seconds = time.perf_counter() - wall
             self._loop()
             self._finish()
             self.stats.stage_ns.update(self._stage_ns())
@@ -389,21 +383,25 @@ class RayRunner:
         so that it never holds up the calls behind it. Within a phase, batches move in
         order.
         """
-        waits = []
+        fronts: list[tuple[deque[_Batch], list[ray.ObjectRef], Callable[[_Batch], None]]] = []
         if self._heading:
-            waits.append([self._heading[0].count])
+            fronts.append((self._heading, [self._heading[0].count], self._start_tails))
         if self._tailing:
-            waits.append(self._tailing[0].outputs)
+            fronts.append((self._tailing, self._tailing[0].outputs, self._start_write))
         if self._in_flight:
             assert self._in_flight[0].write is not None
-            waits.append([self._in_flight[0].write])
-        ray.wait([refs[0] for refs in waits], num_returns=1)
-        if self._heading and _ready([self._heading[0].count]):
-            self._start_tails(self._heading.popleft())
-        elif self._tailing and _ready(self._tailing[0].outputs):
-            self._start_write(self._tailing.popleft())
-        elif self._in_flight and _ready([self._in_flight[0].write]):
-            self._complete(self._in_flight.popleft())
+            fronts.append((self._in_flight, [self._in_flight[0].write], self._complete))
+        pending = [ref for _, refs, _ in fronts for ref in refs]
+        ready: set[ray.ObjectRef] = set()
+        while True:
+            found, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+            ready.update(found)
+            for phase, refs, move in fronts:
+                if all(ref in ready for ref in refs):
+                    move(phase.popleft())
+                    return
+            # nothing can move yet: sleep until one more result is in (no busy wait)
+            ray.wait(pending, num_returns=1)
 
     def _start_tails(self, batch: _Batch) -> None:
         """Phase 2: every worker's tail on its piece of the batch."""
@@ -668,11 +666,6 @@ class RayRunner:
                 "refused": refused,
             }
         )
-
-
-def _ready(refs: list[ray.ObjectRef]) -> bool:
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-    return len(ready) == len(refs)
 
 
 def _merge(files: StateFiles | None, more: StateFiles) -> StateFiles:

@@ -48,10 +48,11 @@ from engine.runners.ray.loop import BackgroundLoop
 from engine.runners.ray.ordering import TicketOrder, in_order
 from engine.runners.ray.splits import Split
 from engine.runners.ray.store import Manifest, RayCheckpointStore, StateFiles
+from engine.runners.ray.transfer import pack, unpack
 from engine.spec import FileSinkSpec, KafkaSourceSpec, PipelineSpec
 
-#: A batch's outputs as a worker returns them: sink name → Arrow table.
-Outputs = dict[str, pa.Table]
+#: A batch's outputs as a worker returns them: sink name → packed frame (`transfer.pack`).
+Outputs = dict[str, pa.Buffer]
 
 
 def split_plan(plan: Plan) -> tuple[tuple[Step, ...], tuple[Step, ...]]:
@@ -75,6 +76,7 @@ class Worker:
     def __init__(self, spec: PipelineSpec, import_paths: list[str]) -> None:
         # a pipeline's schemas are imported by module path, as on the driver
         sys.path[:0] = [path for path in import_paths if os.path.isdir(path)]
+        self._cpu_at_start = time.process_time_ns()
         self.spec = spec
         self.plan = build_plan(spec)
         self.head_steps, self.tail_steps = split_plan(self.plan)
@@ -195,7 +197,7 @@ class Worker:
         pieces = self._pieces(main)
         self._stash[seq] = (pieces[self.index], routed)
         pieces[self.index] = None
-        return [*(None if p is None else p.to_arrow() for p in pieces), batch.height]
+        return [*(None if p is None else pack(p) for p in pieces), batch.height]
 
     @in_order
     def tail_piece(self, seq: int, wrapped: list[ray.ObjectRef]) -> Outputs:
@@ -207,7 +209,7 @@ class Worker:
         """
         piece = ray.get(wrapped[0])
         own, routed = self._stash.pop(seq, (None, defaultdict(list)))
-        rows = own if piece is None else pl.from_arrow(piece)
+        rows = own if piece is None else unpack(piece)
         assert rows is None or isinstance(rows, pl.DataFrame)
         if rows is not None and rows.height:
             more, _ = self.tail.push(rows)
@@ -236,7 +238,7 @@ class Worker:
         pieces = self._pieces(main)
         self._stash[seq] = (pieces[self.index], routed)
         pieces[self.index] = None
-        return [*(None if p is None else p.to_arrow() for p in pieces), count]
+        return [*(None if p is None else pack(p) for p in pieces), count]
 
     @in_order
     def finish(self) -> Outputs:
@@ -245,7 +247,10 @@ class Worker:
         return self._encode(routed)
 
     def stats(self) -> dict[str, int]:
-        return {**self.stage_ns, "worker cpu": time.process_time_ns()}
+        """Time per stage, and the CPU time of this process since the actor was created
+        (its imports excluded), in ns."""
+        cpu = time.process_time_ns() - self._cpu_at_start
+        return {**self.stage_ns, "worker cpu": cpu}
 
     @in_order
     def close(self) -> None:
@@ -286,6 +291,6 @@ class Worker:
         for sink, frames in routed.items():
             frame = merged(frames)
             if frame.height:
-                outputs[sink] = (frame if sink in self.unencoded else preencode(frame)).to_arrow()
+                outputs[sink] = pack(frame if sink in self.unencoded else preencode(frame))
         self.stage_ns["encode"] += time.perf_counter_ns() - started
         return outputs
