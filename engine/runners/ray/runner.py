@@ -63,7 +63,7 @@ from engine.errors import ConfigError, ConfluxError
 from engine.operators.key_by import KeyBy
 from engine.plan import Plan
 from engine.runners.local import Progress, RunStats
-from engine.runners.ray.cluster import connect
+from engine.runners.ray.cluster import ACTOR_ENVIRONMENT, connect
 from engine.runners.ray.control import Control, control_name
 from engine.runners.ray.ordering import MAX_CONCURRENCY, Ticket
 from engine.runners.ray.splits import Split, SplitPosition, splits_for
@@ -633,14 +633,16 @@ class RayRunner:
     def _new_worker(self, count: int) -> Any:
         """A worker actor; its polars threads share the node's cores with its `count - 1`
         fellows (oversubscribed compute threads spin: measured 5–10 % slower with 2
-        workers on 2 cores). A lone worker keeps polars' default, all cores, and so can
-        start in one of the worker processes Ray keeps ready (0.3–0.6 s sooner: a
-        `runtime_env` needs a new process)."""
+        workers on 2 cores). A lone worker keeps polars' default, all cores, and the
+        node's environment (where `connect` and the configs in cluster/ put
+        `ACTOR_ENVIRONMENT`), and so can start in one of the worker processes Ray keeps
+        ready (0.3–0.6 s sooner: a `runtime_env` needs a new process)."""
         per_node = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(len(ray.nodes()), 1))
         threads = max(1, per_node // count)
         options: dict[str, Any] = {"scheduling_strategy": "SPREAD"}
         if threads < per_node:
-            options["runtime_env"] = {"env_vars": {"POLARS_MAX_THREADS": str(threads)}}
+            environment = {**ACTOR_ENVIRONMENT, "POLARS_MAX_THREADS": str(threads)}
+            options["runtime_env"] = {"env_vars": environment}
         return _WorkerActor.options(**options).remote(self.spec, self._import_paths)
 
     def _partition_count(self) -> int:
