@@ -1,6 +1,7 @@
-"""Benchmark: W1 Kafka → Kafka on the local runner: throughput, and end-to-end latency.
+"""Benchmark: W1 Kafka → Kafka: throughput (local or Ray runner), and end-to-end latency.
 
     python -m benchmarks.w1_kafka throughput [--count 1000000] [--runs 3] [--bootstrap HOST:PORT]
+        [--ray-workers N]
     python -m benchmarks.w1_kafka latency [--rate MSG_PER_S] [--duration 30] [--bootstrap ...]
 
 Copy what it prints into benchmarks/RESULTS.md.
@@ -41,7 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -94,26 +95,47 @@ def w1_spec(bootstrap: str, input_topic: str, output_suffix: str, group: str) ->
     return with_kafka_settings(renamed, bootstrap, IDLE_MS)
 
 
-def run_engine(bootstrap: str, input_topic: str, output_suffix: str, group: str) -> None:
-    """Run W1 in this process; print a JSON line when it owns its input partitions, and one
-    at the end: wall-clock and CPU seconds at the pipeline's start and when the broker had
-    acknowledged the outputs of its last batch, and the run's figures."""
+def run_engine(
+    bootstrap: str, input_topic: str, output_suffix: str, group: str, workers: int | None
+) -> None:
+    """Run W1 in this process (`workers`: on that many Ray workers, on a local Ray cluster);
+    print a JSON line when it owns its input partitions, and one at the end: wall-clock and
+    CPU seconds at the pipeline's start and when the broker had acknowledged the outputs of
+    its last batch, and the run's figures. On Ray, CPU seconds are the driver's and the
+    actors' (`RunStats.stage_ns`), and the partitions are owned once the actors are up
+    (they read by manual assignment: no group join)."""
     spec = w1_spec(bootstrap, input_topic, output_suffix, group)
-    source = open_source(spec.source)
-    assert isinstance(source, KafkaSource)
     last_output = [0.0, 0.0]
 
     def progress(messages: int) -> None:
         last_output[:] = time.time(), time.process_time()
 
-    def announce_assignment() -> None:
-        while not source.assignment:
+    def announce(owns: Callable[[], bool]) -> None:
+        while not owns():
             time.sleep(0.01)
         print(json.dumps({"assigned_at": time.time()}), flush=True)
 
-    threading.Thread(target=announce_assignment, daemon=True).start()
-    started = (time.time(), time.process_time())
-    stats = Pipeline.from_spec(spec).source(source).run(progress=progress)
+    if workers is None:
+        started = (time.time(), time.process_time())
+        source = open_source(spec.source)
+        assert isinstance(source, KafkaSource)
+        threading.Thread(
+            target=announce, args=(lambda: bool(source.assignment),), daemon=True
+        ).start()
+        stats = Pipeline.from_spec(spec).source(source).run(progress=progress)
+    else:
+        from engine.runners.ray import RayRunner  # imports Ray: only when asked for
+        from engine.runners.ray.cluster import connect
+
+        connect(log_to_driver=False)  # a cluster is up before a pipeline is run on it
+        started = (time.time(), time.process_time())
+        runner = RayRunner(Pipeline.from_spec(spec).plan(), workers=workers, progress=progress)
+        threading.Thread(
+            target=announce, args=(lambda: runner.startup_seconds > 0,), daemon=True
+        ).start()
+        stats = runner.run()
+        actors_cpu = sum(ns for stage, ns in stats.stage_ns.items() if stage.endswith(" cpu"))
+        last_output[1] += actors_cpu / 1e9
     report = {
         "started": started,
         "last_output": last_output,
@@ -127,7 +149,9 @@ def run_engine(bootstrap: str, input_topic: str, output_suffix: str, group: str)
 class Engine:
     """An engine process running W1 (`run_engine`), with a fresh W1_WORKDIR of its own."""
 
-    def __init__(self, bootstrap: str, input_topic: str, output_suffix: str) -> None:
+    def __init__(
+        self, bootstrap: str, input_topic: str, output_suffix: str, workers: int | None = None
+    ) -> None:
         self._workdir = tempfile.TemporaryDirectory(prefix="conflux-bench-")
         command = [
             sys.executable,
@@ -142,6 +166,7 @@ class Engine:
             output_suffix,
             "--group",
             f"conflux-bench-{uuid.uuid4().hex[:8]}",
+            *([] if workers is None else ["--ray-workers", str(workers)]),
         ]
         self.process = subprocess.Popen(
             command,
@@ -183,9 +208,11 @@ class Engine:
 # ---- throughput ---------------------------------------------------------------------------
 
 
-def throughput_run(bootstrap: str, input_topic: str, output_suffix: str) -> dict[str, Any]:
+def throughput_run(
+    bootstrap: str, input_topic: str, output_suffix: str, workers: int | None
+) -> dict[str, Any]:
     """One timed engine run over the pre-loaded input; its figures."""
-    report = Engine(bootstrap, input_topic, output_suffix).result()
+    report = Engine(bootstrap, input_topic, output_suffix, workers).result()
     (start_wall, start_cpu), (end_wall, end_cpu) = report["started"], report["last_output"]
     messages = report["messages"]
     return {
@@ -199,9 +226,11 @@ def throughput_run(bootstrap: str, input_topic: str, output_suffix: str) -> dict
     }
 
 
-def throughput(bootstrap: str, count: int, runs: int, tag: str) -> tuple[list[dict], dict]:
-    """Pre-load `count` messages, then `runs` engine runs over them; the runs and the
-    reference's output counts."""
+def throughput(
+    bootstrap: str, count: int, runs: int, tag: str, workers: int | None = None
+) -> tuple[list[dict], dict]:
+    """Pre-load `count` messages, then `runs` engine runs over them (`workers`: on the Ray
+    runner); the runs and the reference's output counts."""
     input_topic = f"w1.in.{tag}"
     print(f"generating {count:,} W1 messages (seed {SEED})", flush=True)
     messages = list(generate(count, seed=SEED))
@@ -211,7 +240,7 @@ def throughput(bootstrap: str, count: int, runs: int, tag: str) -> tuple[list[di
     asyncio.run(preload(bootstrap, input_topic, input_frame(messages)))
     results = []
     for number in range(1, runs + 1):
-        result = throughput_run(bootstrap, input_topic, f".{tag}.{number}")
+        result = throughput_run(bootstrap, input_topic, f".{tag}.{number}", workers)
         same = counts_equal(result, expected)
         print(
             f"run {number}: {result['from_start']:,.0f} msg/s from start "
@@ -343,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     timed = modes.add_parser("throughput", help="pre-loaded input, time to the last output")
     timed.add_argument("--count", type=int, default=1_000_000)
     timed.add_argument("--runs", type=int, default=3)
+    timed.add_argument(
+        "--ray-workers", type=int, help="run on the Ray runner with this many workers"
+    )
     paced = modes.add_parser("latency", help="produce → readable at half the saturation rate")
     paced.add_argument("--rate", type=float, help="input msg/s (default: half the saturation)")
     paced.add_argument("--duration", type=float, default=30.0, help="seconds of input")
@@ -359,17 +391,24 @@ def main(argv: list[str] | None = None) -> int:
     engine.add_argument("--input-topic", required=True)
     engine.add_argument("--output-suffix", required=True)
     engine.add_argument("--group", required=True)
+    engine.add_argument("--ray-workers", type=int)
     arguments = parser.parse_args(argv)
     if arguments.mode == "engine":
         run_engine(
-            arguments.bootstrap, arguments.input_topic, arguments.output_suffix, arguments.group
+            arguments.bootstrap,
+            arguments.input_topic,
+            arguments.output_suffix,
+            arguments.group,
+            arguments.ray_workers,
         )
         return 0
     command = shlex.join([".venv/bin/python", "-m", "benchmarks.w1_kafka", *(argv or sys.argv[1:])])
     tag = uuid.uuid4().hex[:6]
     with broker_address(arguments.bootstrap) as bootstrap:
         if arguments.mode == "throughput":
-            results, expected = throughput(bootstrap, arguments.count, arguments.runs, tag)
+            results, expected = throughput(
+                bootstrap, arguments.count, arguments.runs, tag, arguments.ray_workers
+            )
             print_throughput(results, expected, command)
             return 0 if all(counts_equal(result, expected) for result in results) else 1
         saturation = None
