@@ -100,19 +100,28 @@ class SinkWriter:
 async def _open(
     pipeline: str, sinks: dict[str, Sink], positions: dict[str, SinkPosition] | None
 ) -> None:
+    """Resume or start every sink, side by side (a Kafka sink reads its topic's ends:
+    one after another, W1's six took 3 s)."""
     for name, sink in sinks.items():
-        if isinstance(sink, ResumableSink):
-            await sink.resume(positions.get(name) if positions is not None else None)
-        elif positions is None:
-            start = getattr(sink, "start", None)
-            if start is not None:
-                await start()
-        else:
+        if positions is not None and not isinstance(sink, ResumableSink):
             raise CheckpointError(
                 f"pipeline {pipeline!r}: sink {name!r} ({type(sink).__name__}) cannot resume "
                 "its output after a failure; the Ray runner needs Kafka or NDJSON sinks to "
                 "recover"
             )
+    found = positions or {}
+    await asyncio.gather(*(_open_one(sink, found.get(name)) for name, sink in sinks.items()))
+
+
+async def _open_one(sink: Sink, position: SinkPosition | None) -> None:
+    """Resume a sink at `position` (None: from nothing), or start one that cannot resume
+    (only on a fresh start: `_open` refuses the others)."""
+    if isinstance(sink, ResumableSink):
+        await sink.resume(position)
+    else:
+        start = getattr(sink, "start", None)
+        if start is not None:
+            await start()
 
 
 async def _write(sinks: dict[str, Sink], frames: dict[str, pl.DataFrame]) -> None:
