@@ -36,6 +36,7 @@ checkpoint: keyed state moves with its partitions through the store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -54,6 +55,7 @@ from ray.exceptions import (
     ObjectLostError,
     OwnerDiedError,
     RayActorError,
+    RayError,
     RayTaskError,
     WorkerCrashedError,
 )
@@ -168,6 +170,7 @@ class RayRunner:
         self._tailing: deque[_Batch] = deque()  # phase 2
         self._in_flight: deque[_Batch] = deque()  # phase 3: sink write submitted
         self._barrier: _Barrier | None = None
+        self._dropped: list[ray.ObjectRef] = []  # results of calls a recovery dropped
         self._seq = 0
         self._tailed_seq = -1  # the last batch whose tails (state effects) are submitted
         self._tickets: dict[int, Ticket] = {}  # id(actor handle) → its next ticket
@@ -308,10 +311,21 @@ class RayRunner:
                 self._loop()
 
     def _stop(self) -> None:
+        self._settle_dropped()
         for actor in [*self._workers, getattr(self, "writer", None), self.control]:
             if actor is not None:
                 ray.kill(actor)
         self._workers = []
+
+    def _settle_dropped(self) -> None:
+        """Read the results of the calls a recovery dropped: Ray logs an "unhandled error"
+        for every failed result no one reads, and these failures (the lost actor, stale
+        calls refused after the restore) were handled by the recovery."""
+        ready, _ = ray.wait(self._dropped, num_returns=len(self._dropped), timeout=10)
+        for ref in ready:
+            with contextlib.suppress(RayError):
+                ray.get(ref)
+        self._dropped = []
 
     # ---- batches ------------------------------------------------------------------------
 
@@ -544,7 +558,13 @@ class RayRunner:
         # calls in flight are dropped: those of the new epoch's tickets start afresh, and
         # each actor runs none of the old ones once the new epoch has begun
         for phase in (self._heading, self._tailing, self._in_flight):
+            for batch in phase:
+                self._dropped += [batch.count, *batch.head, *batch.outputs]
+                self._dropped += [batch.write] if batch.write is not None else []
             phase.clear()
+        if self._barrier is not None:
+            self._dropped += self._barrier.snapshots
+            self._dropped += [self._barrier.sinks] if self._barrier.sinks is not None else []
         self._barrier = None
         manifest = self.store.load()
         assert manifest is not None  # one is written before the first batch
