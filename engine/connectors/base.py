@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -26,6 +27,19 @@ class Sink(Protocol):
     async def write(self, frame: pl.DataFrame) -> None: ...
 
     async def close(self) -> None: ...
+
+
+async def write_together(writes: Iterable[Awaitable[None]]) -> None:
+    """Run a batch's sink writes concurrently (their broker round trips overlap); when one
+    fails, cancel the others and raise: the batch is not delivered, and its offsets are not
+    committed."""
+    tasks = [asyncio.ensure_future(write) for write in writes]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 @dataclass(frozen=True)

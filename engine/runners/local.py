@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import polars as pl
 import uvloop
 
-from engine.connectors.base import ResumableSink, ResumableSource, Sink, Source
+from engine.connectors.base import ResumableSink, ResumableSource, Sink, Source, write_together
 from engine.errors import CheckpointError
 from engine.plan import Plan
 from engine.runners.chain import Routed, StepChain, merged
@@ -238,10 +238,4 @@ class LocalRunner:
             self.stats.stage_ns[f"write {sink_name}"] += time.perf_counter_ns() - started
             self.stats.rows_out[sink_name] += frame.height
 
-        writes = [asyncio.ensure_future(deliver(name, frames)) for name, frames in routed.items()]
-        try:
-            await asyncio.gather(*writes)
-        except BaseException:
-            for write in writes:  # one sink failed: the batch is not delivered, stop the rest
-                write.cancel()
-            raise
+        await write_together(deliver(name, frames) for name, frames in routed.items())

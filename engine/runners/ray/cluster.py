@@ -28,7 +28,8 @@ def connect(address: str | None = None, **options: Any) -> Any:
     already connected).
 
     `address`: a running cluster ("auto", "ray://host:10001", a GCS address), or None (and
-    no RAY_ADDRESS) to start a local cluster for this process. A local cluster listens on
+    no RAY_ADDRESS) to start a local cluster for this process, even when `ray start` left
+    one (or the file naming one) on this machine: "auto" joins that. A local cluster listens on
     127.0.0.1 only: Ray would otherwise turn even `_node_ip_address="127.0.0.1"` into the
     machine's network address and bind its daemons there. It starts without a dashboard,
     whose processes would take CPU from the workers on a small machine, and with
@@ -44,4 +45,5 @@ def connect(address: str | None = None, **options: Any) -> Any:
         for name, value in ACTOR_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
         options = {"include_dashboard": False, "_node_ip_address": "127.0.0.1", **options}
+        address = "local"
     return ray.init(address=address, namespace=NAMESPACE, **options)

@@ -278,12 +278,8 @@ class RayRunner:
                     if self._barrier is not None:
                         self._try_complete_barrier(block=True)
                     return
-            except _LOST as error:
-                self._recover(error)
-            except RayTaskError as error:
-                if not isinstance(error.cause, _LOST):
-                    raise _cause(error) from None
-                self._recover(error)
+            except (*_LOST, RayTaskError) as error:
+                self._recover_or_raise(error)
 
     def _finish(self) -> None:
         """End of a bounded input: each step's end-of-input outputs, then a last checkpoint
@@ -301,13 +297,8 @@ class RayRunner:
                 actors = [self.writer, *self._workers]
                 ray.get([actor.close.remote(self._ticket(actor)) for actor in actors])
                 return
-            except _LOST as error:
-                self._recover(error)
-                self._loop()
-            except RayTaskError as error:
-                if not isinstance(error.cause, _LOST):
-                    raise _cause(error) from None
-                self._recover(error)
+            except (*_LOST, RayTaskError) as error:
+                self._recover_or_raise(error)
                 self._loop()
 
     def _stop(self) -> None:
@@ -545,6 +536,14 @@ class RayRunner:
 
     # ---- failures and scaling -----------------------------------------------------------
 
+    def _recover_or_raise(self, error: Exception) -> None:
+        """Recover from a lost actor (or a call that failed because one was lost); raise
+        what a worker itself raised (a ConfluxError names what was wrong)."""
+        if isinstance(error, _LOST) or isinstance(getattr(error, "cause", None), _LOST):
+            self._recover(error)
+        else:
+            raise _cause(error) from None
+
     def _recover(self, error: BaseException) -> None:
         """Restore every actor from the last checkpoint and rewind the source."""
         self._failures += 1
@@ -709,7 +708,7 @@ def _merge(files: StateFiles | None, more: StateFiles) -> StateFiles:
     )
 
 
-def _cause(error: RayTaskError) -> BaseException:
-    """The exception a worker raised (a ConfluxError names what was wrong)."""
-    cause = error.cause if isinstance(error.cause, BaseException) else None
-    return cause if cause is not None else error
+def _cause(error: Exception) -> BaseException:
+    """The exception a worker raised (a ConfluxError names what was wrong), else `error`."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error

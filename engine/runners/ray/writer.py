@@ -19,7 +19,7 @@ import pyarrow as pa
 import ray
 
 from engine.connectors import open_sink
-from engine.connectors.base import ResumableSink, Sink, SinkPosition
+from engine.connectors.base import ResumableSink, Sink, SinkPosition, write_together
 from engine.errors import CheckpointError
 from engine.runners.chain import merged
 from engine.runners.ray.loop import BackgroundLoop
@@ -70,7 +70,8 @@ class SinkWriter:
             for sink, packed in output.items():
                 tables[sink].append(unpack(packed))
         frames = {sink: merged(parts) for sink, parts in tables.items()}
-        self._io.run(_write(self.sinks, frames))
+        writes = (self.sinks[name].write(frame) for name, frame in frames.items())
+        self._io.run(write_together(writes))
         self.stage_ns["write"] += time.perf_counter_ns() - started
         return {sink: frame.height for sink, frame in frames.items()}
 
@@ -122,16 +123,6 @@ async def _open_one(sink: Sink, position: SinkPosition | None) -> None:
         start = getattr(sink, "start", None)
         if start is not None:
             await start()
-
-
-async def _write(sinks: dict[str, Sink], frames: dict[str, pl.DataFrame]) -> None:
-    writes = [asyncio.ensure_future(sinks[name].write(frame)) for name, frame in frames.items()]
-    try:
-        await asyncio.gather(*writes)
-    except BaseException:
-        for write in writes:  # one sink failed: the batch is not written, stop the rest
-            write.cancel()
-        raise
 
 
 async def _positions(sinks: dict[str, Sink]) -> dict[str, SinkPosition]:
