@@ -39,12 +39,16 @@ def encode_values(frame: pl.DataFrame) -> pl.Series:
     return pl.Series("value", values, pl.String)
 
 
-def preencode(frame: pl.DataFrame) -> pl.DataFrame:
-    """`frame` as message-based sinks (NDJSON, Kafka) read it: each row's value encoded
-    once (`_value`), with the envelope columns they use and none of the fields.
+def preencode(frame: pl.DataFrame, *, envelope: bool = True) -> pl.DataFrame:
+    """`frame` as message-based sinks read it: each row's value encoded once (`_value`),
+    with the envelope columns a Kafka sink uses (`envelope`; an NDJSON file needs none)
+    and none of the fields.
 
     A distributed runner encodes in its workers, in parallel, and ships only this to the
     process that writes the sink.
     """
+    values = encode_values(frame).alias(VALUE)
+    if not envelope:
+        return values.to_frame()
     carried = [name for name in _CARRIED if name in frame.columns]
-    return frame.select(carried).with_columns(encode_values(frame).alias(VALUE))
+    return frame.select(carried).with_columns(values)

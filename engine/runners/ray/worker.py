@@ -86,6 +86,11 @@ class Worker:
             for name, sink in spec.sinks.items()
             if isinstance(sink, FileSinkSpec) and sink.format == "parquet"
         }
+        self.values_only = {
+            name
+            for name, sink in spec.sinks.items()
+            if isinstance(sink, FileSinkSpec) and sink.format == "ndjson"
+        }
         self.index, self.workers, self.owned = 0, 1, ()
         self.head = StepChain(
             self.head_steps, dead_letter=spec.dead_letter, output=None, stage_ns=self.stage_ns
@@ -293,7 +298,8 @@ class Worker:
         for sink, frames in routed.items():
             frame = merged(frames)
             if frame.height:
-                encoded = self.workers > 1 and sink not in self.unencoded
-                outputs[sink] = pack(preencode(frame) if encoded else frame)
+                if self.workers > 1 and sink not in self.unencoded:
+                    frame = preencode(frame, envelope=sink not in self.values_only)
+                outputs[sink] = pack(frame)
         self.stage_ns["outputs"] += time.perf_counter_ns() - started
         return outputs
