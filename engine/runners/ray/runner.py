@@ -312,6 +312,8 @@ class RayRunner:
         """Read the results of the calls a recovery dropped: Ray logs an "unhandled error"
         for every failed result no one reads, and these failures (the lost actor, stale
         calls refused after the restore) were handled by the recovery."""
+        if not self._dropped:
+            return
         ready, _ = ray.wait(self._dropped, num_returns=len(self._dropped), timeout=10)
         for ref in ready:
             with contextlib.suppress(RayError):

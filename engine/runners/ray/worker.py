@@ -8,8 +8,8 @@ by worker `p % workers`. A worker:
 
 - `head`: reads a split (a file's lines, a row group), runs the head chain and cuts its
   main output into one piece per owner (the shuffle); its own piece stays here;
-- `tail`: runs the tail chain on its piece of a batch and returns the batch's sink outputs,
-  already encoded (`preencode`), for the sink writer;
+- `tail`: runs the tail chain on its piece of a batch and returns the batch's sink outputs
+  for the sink writer (encoded here when there are several workers, `_encode`);
 - `process`: both in one call, when no shuffle is needed (one worker);
 - `poll`: the same over its own Kafka partitions (manual assignment; no shuffle, since a
   Kafka partition is already a partition of the state, unless the head has a `key_by`);

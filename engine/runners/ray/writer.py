@@ -2,8 +2,9 @@
 
 One writer per sink keeps each output what it is on the local runner: one file, or one
 producer per topic whose delivery offsets a checkpoint records and whose resume drops the
-records a restarted run produces again. Workers encode values in parallel (`preencode`), so
-the writer mostly appends bytes (NDJSON) or hands them to the producer (Kafka).
+records a restarted run produces again. With several workers, they encode values in
+parallel (`preencode`), so the writer mostly appends bytes (NDJSON) or hands them to the
+producer (Kafka); with one, the writer encodes them on the core the worker leaves idle.
 """
 
 from __future__ import annotations
