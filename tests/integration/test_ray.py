@@ -99,21 +99,27 @@ def test_w1_file_form_on_ray_equals_the_reference_and_the_local_runner(
     assert stats.rows_out["w1.dlq"] == len(w1_expected["w1.dlq"]) > 0
 
 
-def test_a_worker_killed_mid_stream_is_recovered_without_loss_or_duplicates(
-    ray_cluster: str, w1_input: Path, w1_expected: dict[str, list[bytes]], tmp_path: Path
+@pytest.mark.parametrize("victim", ["worker", "sink writer"])
+def test_an_actor_killed_mid_stream_is_recovered_without_loss_or_duplicates(
+    ray_cluster: str,
+    w1_input: Path,
+    w1_expected: dict[str, list[bytes]],
+    tmp_path: Path,
+    victim: str,
 ) -> None:
     spec = w1_files(w1_input, tmp_path / "out", batch_size=2_000, checkpoint=tmp_path / "ckpt")
     runner = RayRunner(build_plan(spec), workers=2)
     killed: list[int] = []
 
-    def kill_a_worker() -> None:
-        pid = runner.worker_pids()[1]
+    def kill() -> None:
+        writer = ray.get(runner.writer.pid.remote())
+        pid = runner.worker_pids()[1] if victim == "worker" else writer
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
 
-    runner.progress = after(40_000, kill_a_worker)
+    runner.progress = after(40_000, kill)
     stats = runner.run()
-    assert killed, "the worker was killed mid-stream"
+    assert killed, f"the {victim} was killed mid-stream"
     assert len(runner.recovery_seconds) == 1
     assert runner.recovery_seconds[0] < 30
     assert stats.checkpoints >= 2
