@@ -181,9 +181,9 @@ def fresh_broker() -> Iterator[EmbeddedBroker]:
         yield running
 
 
-@pytest.mark.parametrize("kill", [False, True], ids=["clean", "worker-killed"])
+@pytest.mark.parametrize("kill", [None, "worker", "sink writer"])
 def test_w1_kafka_form_on_ray_equals_the_reference(
-    ray_cluster: str, fresh_broker: EmbeddedBroker, tmp_path: Path, kill: bool
+    ray_cluster: str, fresh_broker: EmbeddedBroker, tmp_path: Path, kill: str | None
 ) -> None:
     messages = list(generate(30_000, seed=7))
     asyncio.run(produce(fresh_broker.bootstrap, "w1.in", messages, partitions=4))
@@ -194,8 +194,13 @@ def test_w1_kafka_form_on_ray_equals_the_reference(
     source = msgspec.structs.replace(spec.source, batch_size=2_000)
     spec = msgspec.structs.replace(spec, source=source)
     runner = RayRunner(build_plan(spec), workers=2)
-    if kill:
-        runner.progress = after(10_000, lambda: os.kill(runner.worker_pids()[0], signal.SIGKILL))
+    if kill is not None:
+
+        def victim() -> int:
+            writer = ray.get(runner.writer.pid.remote())
+            return runner.worker_pids()[0] if kill == "worker" else writer
+
+        runner.progress = after(10_000, lambda: os.kill(victim(), signal.SIGKILL))
     started = time.monotonic()
     stats = runner.run()
     assert time.monotonic() - started < 120
