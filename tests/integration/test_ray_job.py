@@ -55,6 +55,9 @@ def ray_head() -> Iterator[str]:
     command = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1"]
     command += [f"--port={free_loopback_port()}", "--num-cpus=2", "--dashboard-host=127.0.0.1"]
     command += [f"--dashboard-port={dashboard.rsplit(':', 1)[1]}"]
+    # ports Ray would otherwise take at fixed numbers, which another cluster may hold
+    command += [f"--ray-client-server-port={free_loopback_port()}"]
+    command += [f"--dashboard-agent-listen-port={free_loopback_port()}"]
     head = subprocess.Popen(
         command,
         env=cluster_environment(),
