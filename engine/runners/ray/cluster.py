@@ -29,12 +29,13 @@ def connect(address: str | None = None, **options: Any) -> Any:
 
     `address`: a running cluster ("auto", "ray://host:10001", a GCS address), or None (and
     no RAY_ADDRESS) to start a local cluster for this process, even when `ray start` left
-    one (or the file naming one) on this machine: "auto" joins that. A local cluster listens on
-    127.0.0.1 only: Ray would otherwise turn even `_node_ip_address="127.0.0.1"` into the
-    machine's network address and bind its daemons there. It starts without a dashboard,
-    whose processes would take CPU from the workers on a small machine, and with
-    `ACTOR_ENVIRONMENT` in the environment its processes inherit. `options` go to
-    `ray.init` (e.g. `num_cpus`).
+    one (or the file naming one) on this machine: "auto" joins that.
+
+    A local cluster listens on 127.0.0.1 only: Ray would otherwise turn even
+    `_node_ip_address="127.0.0.1"` into the machine's network address and bind its daemons
+    there. It starts without a dashboard, whose processes would take CPU from the workers on
+    a small machine, and with `ACTOR_ENVIRONMENT` in the environment its processes inherit.
+    `options` go to `ray.init` (e.g. `num_cpus`).
     """
     if ray.is_initialized():
         return None
