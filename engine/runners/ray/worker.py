@@ -198,11 +198,7 @@ class Worker:
         """Read and run the head on `split`: one piece per owner (this worker's stays
         here, for its `tail(seq)`), then the number of input messages."""
         batch = self._read(split)
-        routed, main = self.head.push(batch)
-        pieces = self._pieces(main)
-        self._stash[seq] = (pieces[self.index], routed)
-        pieces[self.index] = None
-        return [*(None if p is None else pack(p) for p in pieces), batch.height]
+        return self._shuffle(seq, batch)
 
     @in_order
     def tail_piece(self, seq: int, wrapped: list[ray.ObjectRef]) -> Outputs:
@@ -236,14 +232,11 @@ class Worker:
         """
         assert self.source is not None and self._io is not None
         batch = self._io.run(self.source.fetch())
-        count = 0 if batch is None else batch.height
+        if batch is None:
+            return [{}, 0] if not shuffle else [*([None] * self.workers), 0]
         if not shuffle:
-            return [self._whole(batch) if batch is not None else {}, count]
-        routed, main = self.head.push(batch) if batch is not None else (defaultdict(list), None)
-        pieces = self._pieces(main)
-        self._stash[seq] = (pieces[self.index], routed)
-        pieces[self.index] = None
-        return [*(None if p is None else pack(p) for p in pieces), count]
+            return [self._whole(batch), batch.height]
+        return self._shuffle(seq, batch)
 
     @in_order
     def finish(self) -> Outputs:
@@ -278,6 +271,16 @@ class Worker:
             for sink, frames in more.items():
                 routed[sink].extend(frames)
         return self._encode(routed)
+
+    def _shuffle(self, seq: int, batch: pl.DataFrame) -> list[Any]:
+        """Run the head on `batch` and cut its main output by owner: this worker's piece
+        and the side outputs stay here for its `tail_piece(seq)`; the others are returned
+        packed (None: no rows), then the number of input messages."""
+        routed, main = self.head.push(batch)
+        pieces = self._pieces(main)
+        self._stash[seq] = (pieces[self.index], routed)
+        pieces[self.index] = None
+        return [*(None if p is None else pack(p) for p in pieces), batch.height]
 
     def _pieces(self, main: pl.DataFrame | None) -> list[pl.DataFrame | None]:
         """`main`'s rows by owning worker, each in its order."""
