@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 RAW = "_raw"
 KEY = "_key"
@@ -103,6 +104,18 @@ def dead_letters(
             if name not in (REASON, STAGE)
         ],
     )
+
+
+_NEWLINE = pa.scalar(b"\n", pa.large_binary())
+_NOTHING = pa.scalar(b"", pa.large_binary())
+
+
+def newline_terminated(values: pa.LargeBinaryArray) -> np.ndarray:
+    """`values`, each followed by a newline, back to back in one buffer (a view, uint8):
+    an NDJSON body, built in one Arrow pass without a Python string."""
+    lines = pc.binary_join_element_wise(values, _NOTHING, _NEWLINE)
+    offsets, data = value_buffers(lines)
+    return data[offsets[0] : offsets[-1]]
 
 
 def value_buffers(values: pa.LargeBinaryArray) -> tuple[np.ndarray, np.ndarray]:

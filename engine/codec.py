@@ -31,13 +31,18 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.batch import EXTRA, RAW, data_columns, dead_letters, value_buffers
+from engine.batch import (
+    EXTRA,
+    RAW,
+    data_columns,
+    dead_letters,
+    newline_terminated,
+    value_buffers,
+)
 from engine.schema import Schema
 
 _ROW = "__row"
 _EMPTY_OBJECT = pa.scalar(b"{}", pa.large_binary())
-_NEWLINE = pa.scalar(b"\n", pa.large_binary())
-_NOTHING = pa.scalar(b"", pa.large_binary())
 
 
 @dataclass(frozen=True)
@@ -173,9 +178,7 @@ class JsonCodec:
         reader rejected would otherwise pass for `{}` when every field is optional.
         """
         masked = pc.if_else(pa.array(complete), values, _EMPTY_OBJECT)
-        lines = pc.binary_join_element_wise(masked, _NOTHING, _NEWLINE)
-        offsets, data = value_buffers(lines)
-        buffer = data[offsets[0] : offsets[-1]]
+        buffer = newline_terminated(masked)
         try:
             frame = pl.read_ndjson(io.BytesIO(buffer), schema=self._read_schema, ignore_errors=True)
             return frame, complete.copy()

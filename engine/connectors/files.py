@@ -15,7 +15,6 @@ from typing import BinaryIO
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.batch import (
@@ -28,15 +27,13 @@ from engine.batch import (
     RAW,
     TIMESTAMP,
     data_columns,
-    value_buffers,
+    newline_terminated,
 )
 from engine.connectors.base import SinkPosition
 from engine.connectors.encoding import encode_values, is_dead_letter
 from engine.errors import CheckpointError, ConnectorError
 
 _BLOCK_BYTES = 8 << 20
-_NEWLINE = pa.scalar("\n", pa.large_string())
-_NOTHING = pa.scalar("", pa.large_string())
 
 
 class NdjsonSource:
@@ -240,15 +237,6 @@ def _with_envelope(rows: pa.RecordBatch | pa.Table, first_row: int) -> pl.DataFr
     )
 
 
-def _lines(values: pl.Series) -> memoryview:
-    """`values`, each followed by a newline, as one buffer: a single Arrow pass (8x
-    faster than joining them into a Python string)."""
-    text = values.to_arrow().cast(pa.large_string())
-    lines = pc.binary_join_element_wise(text, _NOTHING, _NEWLINE)
-    offsets, data = value_buffers(lines)
-    return memoryview(data[offsets[0] : offsets[-1]])
-
-
 class NdjsonSink:
     """Appends one JSON value per line; dead letters as `{"reason", "raw"}`.
 
@@ -303,7 +291,8 @@ class NdjsonSink:
         if frame.height:
             await self.start()
             assert self._file is not None
-            self._file.write(_lines(encode_values(frame)))
+            values = encode_values(frame).to_arrow().cast(pa.large_binary())
+            self._file.write(newline_terminated(values))
 
     async def close(self) -> None:
         if self._file is not None:
