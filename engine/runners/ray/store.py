@@ -20,6 +20,7 @@ rename: writing LATEST last is the commit). The last two checkpoints are kept.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import time
@@ -94,12 +95,10 @@ class RayCheckpointStore:
     # ---- tables, written by workers and the driver ----------------------------------------
 
     def write_table(self, path: str, table: pl.DataFrame) -> None:
-        try:
-            self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            with self.fs.open_output_stream(path) as stream:
-                table.write_ipc(stream, compression="lz4")
-        except (OSError, pa.ArrowException) as error:
-            raise CheckpointError(f"checkpoint store: cannot write {path!r}: {error}") from error
+        """Write `table` as Arrow IPC, as durably as the manifest that will name it."""
+        encoded = io.BytesIO()
+        table.write_ipc(encoded, compression="lz4")
+        self._write_bytes(path, encoded.getvalue())
 
     def read_table(self, path: str) -> pl.DataFrame:
         try:
@@ -171,6 +170,9 @@ class RayCheckpointStore:
             unmatched=unmatched,
             states=states,
         )
+        if isinstance(self.fs, pafs.LocalFileSystem):  # the folders the state files made
+            for folder, _, _ in os.walk(directory, topdown=False):
+                fsync_directory(Path(folder))
         self._write_bytes(f"{directory}/manifest.json", msgspec.json.encode(manifest))
         self._write_bytes(f"{self.root}/{LATEST}", f"checkpoint-{number}\n".encode())
         self._prune(number)
@@ -200,7 +202,9 @@ class RayCheckpointStore:
         }
 
     def _write_bytes(self, path: str, data: bytes) -> None:
-        """Write `path` whole; on a local disk through a renamed temporary file, fsynced."""
+        """Write `path` whole; on a local disk through a renamed temporary file, fsynced
+        with its directory (as the local runner's store does: a checkpoint LATEST names
+        survives a power loss, state files included)."""
         try:
             if isinstance(self.fs, pafs.LocalFileSystem):
                 temporary = Path(path).with_name(f".writing-{Path(path).name}")
@@ -209,6 +213,7 @@ class RayCheckpointStore:
                 os.replace(temporary, path)
                 fsync_directory(temporary.parent)
             else:
+                self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
                 with self.fs.open_output_stream(path) as stream:
                     stream.write(data)
         except (OSError, pa.ArrowException) as error:
