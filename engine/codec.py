@@ -1,16 +1,13 @@
 """Raw message values ↔ columns, a whole batch per call, with bad-record isolation.
 
-Decoding a batch of JSON values runs in three vectorised passes and one rare slow path:
+Decoding a batch of JSON values takes one native pass and one rare slow path:
 
-1. *Screen* (numpy over the Arrow value buffer): per value, whether it looks like one complete
-   JSON object on one line — first byte `{`, last byte `}`, braces balanced, no newline — and
-   how many `:` bytes it holds.
-2. *Read* the screened values in one `polars.read_ndjson` call against the schema's dtypes
-   (values that failed the screen are replaced by `{}` so rows stay aligned). The reader nulls
-   a value of the wrong JSON type rather than failing the batch.
-3. *Prove* each row: it satisfies every schema rule (`Schema.valid`), and its `:` count equals
-   the number of fields decoded, which proves it has no field the schema does not declare.
-4. Every row not proven goes to the *slow path*: orjson per record, `Schema.check` for the
+1. *Scan* (`engine.json_scan`, C): each value is parsed strictly, straight into the Arrow
+   buffers of the schema's columns. A value the scanner is not sure of (not JSON, a wrong
+   JSON type, an unknown or repeated field, an explicit null, ...) is left unread.
+2. *Prove* each read row over whole columns: it satisfies every rule of the schema
+   (`Schema.valid`: patterns, choices, bounds), and its date-times parse.
+3. Every row not proven goes to the *slow path*: orjson per record, `Schema.check` for the
    exact reason, other fields kept in `_extra`. On W1 this is about 2 % of rows.
 
 So a bad record never fails or slows the good records of its batch, and the good rows never
@@ -19,30 +16,20 @@ become Python objects.
 
 from __future__ import annotations
 
-import io
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.batch import (
-    EXTRA,
-    RAW,
-    data_columns,
-    dead_letters,
-    newline_terminated,
-    value_buffers,
-)
+from engine.batch import EXTRA, RAW, data_columns, dead_letters, value_buffers
+from engine.json_scan import JsonScanner
 from engine.schema import Schema
 
 _ROW = "__row"
-_EMPTY_OBJECT = pa.scalar(b"{}", pa.large_binary())
 
 
 @dataclass(frozen=True)
@@ -51,40 +38,6 @@ class Decoded:
 
     good: pl.DataFrame
     bad: pl.DataFrame
-
-
-@dataclass(frozen=True)
-class _Screen:
-    complete: np.ndarray  # bool per value: one whole JSON object on one line
-    colons: np.ndarray  # int per value: number of ':' bytes
-
-
-def _screen(values: pa.LargeBinaryArray) -> _Screen:
-    count = len(values)
-    if count == 0:
-        return _Screen(np.zeros(0, bool), np.zeros(0, np.int32))
-    offsets, data = value_buffers(values)
-    starts, ends = offsets[:-1], offsets[1:]
-    lengths = ends - starts
-    nonempty = lengths > 0
-    # reduceat needs in-range starts; empty values are masked out below
-    safe_starts = np.minimum(starts, max(len(data) - 1, 0))
-
-    def per_value(byte_values: np.ndarray, dtype: type) -> np.ndarray:
-        sums = np.add.reduceat(byte_values, safe_starts, dtype=dtype)
-        return np.where(nonempty, sums, 0)
-
-    # +1 per '{', -1 per '}': zero when balanced
-    braces = (data == ord("{")).view(np.int8) - (data == ord("}")).view(np.int8)
-    balanced = per_value(braces, np.int32) == 0
-    colons = per_value((data == ord(":")).view(np.uint8), np.int32)
-    first = data[safe_starts]
-    last = data[np.maximum(ends - 1, 0)]
-    complete = nonempty & (first == ord("{")) & (last == ord("}")) & balanced
-    if np.count_nonzero(data == ord("\n")):
-        # a newline inside a value would split it in two in the NDJSON read
-        complete &= per_value((data == ord("\n")).view(np.uint8), np.int32) == 0
-    return _Screen(complete, colons)
 
 
 class JsonCodec:
@@ -97,16 +50,12 @@ class JsonCodec:
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
         self._polars_schema = schema.polars_schema()
-        self._read_schema = schema.read_schema()
+        self._scanner = JsonScanner(schema)
         self._conversions = schema.conversions()
+        self._datetimes_present = schema.datetimes_present()
         self._defaults = schema.defaults()
         self._no_rows = pl.DataFrame(schema=self._polars_schema)  # built once: ~1 ms here
         self._valid = schema.valid()
-        self._key_count = schema.key_count()
-        self._strings_ok = schema.strings_ok()
-        self._list_items_ok = schema.list_items_ok()
-        self._integral_floats = schema.integral_floats()
-        self._screenable = schema.screenable
 
     def decode(self, batch: pl.DataFrame, stage: str) -> Decoded:
         """Split `batch` (with a `_raw` column) into decoded rows and dead letters.
@@ -118,25 +67,16 @@ class JsonCodec:
         values = batch[RAW].to_arrow().cast(pa.large_binary())
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
-        screen = _screen(values)
-        decoded, readable = self._read(values, screen.complete)
+        columns, read = self._scanner.scan(values)
+        decoded = pl.from_arrow(columns)
+        assert isinstance(decoded, pl.DataFrame)
+        proven = pl.Series(read)
         if self._conversions:
+            # a date-time whose text does not parse converts to null: count them either side
+            present = decoded.select(self._datetimes_present).to_series()
             decoded = decoded.with_columns(self._conversions)
-        # The reader decodes `\u` escapes more leniently than JSON (a lone surrogate passes)
-        # and an escaped field name hides from `_drop_integer_tokens`: such rows go slowly.
-        readable &= ~batch[RAW].bin.contains(b"\\u").fill_null(True).to_numpy()
-        if self._screenable:
-            proven = decoded.select(
-                pl.lit(pl.Series(readable))
-                & self._valid
-                & (self._key_count == pl.lit(pl.Series(screen.colons)))
-                & self._strings_ok
-                & self._list_items_ok
-            ).to_series()
-            proven = self._drop_integer_tokens(batch, decoded, proven)
-        else:
-            # a list of structs hides keys from the count: every row is checked one by one
-            proven = pl.Series(np.zeros(batch.height, bool))
+            proven &= decoded.select(self._datetimes_present).to_series() == present
+        proven = decoded.select(pl.lit(proven) & self._valid).to_series()
         fast = pl.concat([envelope, decoded], how="horizontal").filter(proven)
         fast = fast.with_columns(*self._defaults, pl.lit(None, pl.String).alias(EXTRA))
         if proven.all():
@@ -145,71 +85,6 @@ class JsonCodec:
         slow_good, slow_bad = self._decode_slowly(batch, envelope, slow_rows, stage)
         good = fast if slow_good.is_empty() else pl.concat([fast, slow_good]).sort(_ROW)
         return Decoded(good.drop(_ROW), slow_bad)
-
-    def _drop_integer_tokens(
-        self, batch: pl.DataFrame, decoded: pl.DataFrame, proven: pl.Series
-    ) -> pl.Series:
-        """Unprove rows whose `float` field was written as a JSON integer.
-
-        Only rows with an integral value can be such rows (about 1 in 100 for prices with
-        cents); their raw text is searched for the field followed by an integer token.
-        """
-        for name, integral in self._integral_floats:
-            suspects = (decoded.select(integral).to_series().fill_null(False) & proven).arg_true()
-            if suspects.is_empty():
-                continue
-            pattern = f'"{re.escape(name)}"\\s*:\\s*-?[0-9]+\\s*[,}}]'
-            as_integer = (
-                batch[RAW]
-                .gather(suspects)
-                .cast(pl.String, strict=False)
-                .str.contains(pattern)
-                .fill_null(True)
-            )
-            proven = proven.scatter(suspects.filter(as_integer), False)
-        return proven
-
-    def _read(
-        self, values: pa.LargeBinaryArray, complete: np.ndarray
-    ) -> tuple[pl.DataFrame, np.ndarray]:
-        """Read the screened values in one call; an unscreened row becomes all nulls.
-
-        Also returns, per value, whether it was screened and read: the nulls of a value the
-        reader rejected would otherwise pass for `{}` when every field is optional.
-        """
-        masked = pc.if_else(pa.array(complete), values, _EMPTY_OBJECT)
-        buffer = newline_terminated(masked)
-        try:
-            frame = pl.read_ndjson(io.BytesIO(buffer), schema=self._read_schema, ignore_errors=True)
-            return frame, complete.copy()
-        except pl.exceptions.ComputeError:
-            # A value passed the screen but is not JSON the reader accepts (the screen is a
-            # cheap necessary condition): read in parts so only the failing part is lost.
-            frame, read = self._read_in_parts(masked)
-            return frame, complete & read
-
-    def _read_in_parts(self, masked: pa.LargeBinaryArray) -> tuple[pl.DataFrame, np.ndarray]:
-        if len(masked) <= 16:
-            rows = [self._read_one(value) for value in masked.to_pylist()]
-            frame = pl.DataFrame([row for row, _ in rows], schema=self._read_schema, orient="row")
-            return frame, np.array([read for _, read in rows], bool)
-        middle = len(masked) // 2
-        halves = [
-            self._read(half, np.ones(len(half), bool))
-            for half in (masked.slice(0, middle), masked.slice(middle))
-        ]
-        return (
-            pl.concat([frame for frame, _ in halves]),
-            np.concatenate([read for _, read in halves]),
-        )
-
-    def _read_one(self, value: bytes) -> tuple[tuple[Any, ...], bool]:
-        unread = (None,) * len(self._read_schema)
-        try:
-            frame = pl.read_ndjson(io.BytesIO(value), schema=self._read_schema, ignore_errors=True)
-        except pl.exceptions.ComputeError:
-            return unread, False
-        return (frame.row(0), True) if frame.height == 1 else (unread, False)
 
     def _decode_slowly(
         self, batch: pl.DataFrame, envelope: pl.DataFrame, rows: pl.Series, stage: str

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -39,13 +38,6 @@ import msgspec.inspect as mi
 import polars as pl
 
 from engine.errors import SchemaError
-
-# Texts polars makes of a non-string JSON value read into a String column start like this; a
-# `str` field whose rules could accept one needs the text check (see `Schema.strings_ok`).
-_COERCED_TEXT = r"^(?:-?[0-9]|true$|false$|\{|\[)"
-# A pattern whose every match starts with a letter no such text starts with (not t or f, and
-# not optional), as `^evt-[0-9]{9}$` does, rejects them all; any other pattern might not.
-_LETTER_FIRST = re.compile(r"\^[A-Za-eg-su-z](?![?*{])")
 
 
 @dataclass(frozen=True)
@@ -93,36 +85,12 @@ class Node:
         return pl.List(self.item.dtype)
 
     @property
-    def read_dtype(self) -> pl.DataType:
-        """The dtype the JSON reader fills: date-times arrive as text, converted after."""
-        if self.kind == "datetime":
-            return pl.String()
-        if self.kind == "struct":
-            return pl.Struct({child.name: child.read_dtype for child in self.children})
-        if self.kind == "list":
-            assert self.item is not None
-            return pl.List(self.item.read_dtype)
-        return self.dtype
-
-    @property
     def has_datetime(self) -> bool:
         if self.kind == "datetime":
             return True
         return any(child.has_datetime for child in self.children) or (
             self.item is not None and self.item.has_datetime
         )
-
-    def needs_text_check(self) -> bool:
-        """Whether a number or boolean coerced to text by the columnar reader could pass."""
-        if self.kind == "literal":
-            return isinstance(self.choices[0], str) and any(
-                re.search(_COERCED_TEXT, choice) for choice in self.choices
-            )
-        if self.kind != "str":
-            return False
-        if self.pattern is None or "|" in self.pattern:
-            return True
-        return not _LETTER_FIRST.match(self.pattern)
 
 
 class Schema:
@@ -152,10 +120,6 @@ class Schema:
     def polars_schema(self) -> pl.Schema:
         return pl.Schema({node.name: node.dtype for node in self.fields})
 
-    def read_schema(self) -> pl.Schema:
-        """The dtypes the columnar JSON reader fills (date-times as text)."""
-        return pl.Schema({node.name: node.read_dtype for node in self.fields})
-
     def conversions(self) -> list[pl.Expr]:
         """Expressions turning read columns into the schema's dtypes (date-time text → UTC
         datetimes; text that does not parse as RFC 3339 becomes null, for the checker)."""
@@ -177,82 +141,24 @@ class Schema:
     def arrow_schema(self) -> Any:
         return pl.DataFrame(schema=self.polars_schema()).to_arrow().schema
 
-    @property
-    def screenable(self) -> bool:
-        """Whether a record's key count follows from its decoded columns (no list of structs)."""
-        return not any(
-            node.kind == "list" and node.item is not None and node.item.kind == "struct"
-            for node in self._walk()
-        )
-
     # ---- vectorised checks, for the hot path -------------------------------------------
 
-    def key_count(self) -> pl.Expr:
-        """Per row, how many keys the decoded columns account for (non-null fields)."""
-        return pl.sum_horizontal(*_present_counts(self.fields, None)).cast(pl.Int32)
-
     def valid(self) -> pl.Expr:
-        """True where a decoded row satisfies every rule, for rows the fast reader decoded.
+        """True where a decoded row satisfies every rule (patterns, choices, bounds, presence).
 
-        The columnar reader reads an integer into a float column: `integral_floats` finds
-        the rows where that may have happened.
+        JSON types are the scanner's to check (`engine.json_scan`); these are the rules
+        about the values themselves.
         """
         return pl.all_horizontal(*_checks(self.fields, None)).fill_null(False)
 
-    def integral_floats(self) -> list[tuple[str, pl.Expr]]:
-        """Per `float` field: its name and an expression true where its value is integral.
+    def datetimes_present(self) -> pl.Expr:
+        """Per row, how many date-time values are not null (0 when the schema has none).
 
-        Only there may the JSON have held an integer (which `float` rejects); the codec
-        looks at the raw text of those few rows. A name that occurs twice in the schema
-        cannot be told apart in the text, so its rows all count as integral.
+        Taken before and after `conversions`, it finds text that is not RFC 3339, which the
+        conversion turns into null.
         """
-        names = Counter(node.name for node in self._walk())
-        return [
-            (
-                node.name,
-                (column.floor() == column) if names[node.name] == 1 else column.is_not_null(),
-            )
-            for node, column in self._nodes()
-            if node.kind == "float"
-        ]
-
-    def strings_ok(self) -> pl.Expr:
-        """False where a string field's text may be a number, boolean, object or array
-        that the columnar reader turned into text (it does so silently).
-
-        Such a row goes to the per-record checker, which sees the JSON types; a genuine
-        string that merely looks like one (`"5"`) is accepted there.
-        """
-        checks = [
-            ~column.str.contains(_COERCED_TEXT)
-            for node, column in self._nodes()
-            if node.needs_text_check()
-        ]
-        return pl.all_horizontal(*checks).fill_null(True) if checks else pl.lit(True)
-
-    def list_items_ok(self) -> pl.Expr:
-        """False where a list item may be a value the columnar reader coerced: text it made
-        of a non-string, or a float it read from a JSON integer (which `float` rejects).
-
-        Such a row goes to the per-record checker; a genuine `1.0` is accepted there.
-        """
-        checks = [
-            ~suspect
-            for node, column in self._nodes()
-            if node.kind == "list" and (suspect := _coerced(node, column)) is not None
-        ]
-        return pl.all_horizontal(*checks).fill_null(True) if checks else pl.lit(True)
-
-    def _nodes(self) -> Iterator[tuple[Node, pl.Expr]]:
-        """Every field outside lists, with the expression selecting its column."""
-
-        def walk(nodes: tuple[Node, ...], parent: pl.Expr | None) -> Iterator[tuple[Node, pl.Expr]]:
-            for node in nodes:
-                column = _column(node, parent)
-                yield node, column
-                yield from walk(node.children, column)
-
-        return walk(self.fields, None)
+        counts = [_datetimes_present(node, pl.col(node.name)) for node in self.fields]
+        return pl.sum_horizontal(*counts, pl.lit(0)).cast(pl.Int64)
 
     # ---- per-record checker, for the rare bad record ------------------------------------
 
@@ -387,28 +293,21 @@ def _defaulted(node: Node, column: pl.Expr) -> pl.Expr:
     return column
 
 
+def _datetimes_present(node: Node, column: pl.Expr) -> pl.Expr:
+    if not node.has_datetime:
+        return pl.lit(0)
+    if node.kind == "datetime":
+        return column.is_not_null().cast(pl.Int64)
+    if node.kind == "list":
+        assert node.item is not None
+        return column.list.eval(_datetimes_present(node.item, pl.element())).list.sum()
+    return pl.sum_horizontal(
+        *[_datetimes_present(child, column.struct.field(child.name)) for child in node.children]
+    )
+
+
 def _column(node: Node, parent: pl.Expr | None) -> pl.Expr:
     return pl.col(node.name) if parent is None else parent.struct.field(node.name)
-
-
-def _coerced(node: Node, value: pl.Expr) -> pl.Expr | None:
-    """True where `value` may be one the columnar reader coerced (None: it cannot be)."""
-    if node.needs_text_check():
-        return value.str.contains(_COERCED_TEXT)
-    if node.kind == "float":
-        return value.floor() == value
-    if node.kind == "list" and node.item is not None:
-        inner = _coerced(node.item, pl.element())
-        return None if inner is None else value.list.eval(inner).list.any()
-    return None
-
-
-def _present_counts(nodes: tuple[Node, ...], parent: pl.Expr | None) -> Iterator[pl.Expr]:
-    for node in nodes:
-        column = _column(node, parent)
-        yield column.is_not_null().cast(pl.Int32)
-        if node.kind == "struct":
-            yield from _present_counts(node.children, column)
 
 
 def _checks(nodes: tuple[Node, ...], parent: pl.Expr | None) -> Iterator[pl.Expr]:

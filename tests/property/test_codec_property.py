@@ -16,12 +16,14 @@ from typing import Annotated, Any, Literal
 import msgspec
 import orjson
 import polars as pl
-from hypothesis import HealthCheck, given, settings
+import pyarrow as pa
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from engine.batch import raw_batch
 from engine.codec import JsonCodec, encode_json
+from engine.json_scan import JsonScanner
 from engine.schema import Schema
 
 TIERS = ("gold", "silver", "bronze")
@@ -343,3 +345,63 @@ def test_decode_agrees_with_orjson_and_schema_check(data: st.DataObject, schema_
     good, bad = decode_in_chunks(codec, values, cuts)
     assert_frame_equal(good, whole.good)
     assert_frame_equal(bad, whole.bad)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), schema_type=st.sampled_from([Event, Loose]))
+def test_scanner_reads_only_what_orjson_reads_and_reads_it_alike(
+    data: st.DataObject, schema_type
+) -> None:
+    schema = Schema.of(schema_type)
+    values = data.draw(st.lists(corrupted_record(schema_type), min_size=1, max_size=16))
+
+    columns, read = JsonScanner(schema).scan(pa.array(values, pa.large_binary()))
+
+    frame = pl.from_arrow(columns)
+    assert isinstance(frame, pl.DataFrame)
+    for row, raw in enumerate(values):
+        if not read[row]:
+            assert frame.row(row) == (None,) * frame.width
+            continue
+        value = orjson.loads(raw)  # the scanner read it, so it is JSON
+        assert isinstance(value, dict)
+        assert set(value) <= set(schema.polars_schema())
+        assert frame.row(row, named=True) == {
+            name: project(value.get(name), dtype) for name, dtype in schema.polars_schema().items()
+        }
+
+
+def holds_null_or_surrogate(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return any(0xD800 <= ord(char) <= 0xDFFF for char in value)
+    if isinstance(value, dict):
+        return any(holds_null_or_surrogate(item) for item in value.values())
+    if isinstance(value, list):
+        return any(holds_null_or_surrogate(item) for item in value)
+    return False
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    schema_type=st.sampled_from([Event, Loose]),
+    rng=st.randoms(use_true_random=False),
+    whitespace=st.sampled_from([0.0, 0.3, 1.0]),
+    escapes=st.sampled_from([0.0, 0.3, 1.0]),
+)
+def test_scanner_reads_every_well_formed_record_itself(
+    data: st.DataObject, schema_type, rng: random.Random, whitespace: float, escapes: float
+) -> None:
+    """Whitespace, escapes, any key order: none of it sends a record to the per-record path.
+    Only an explicit null (kept in `_extra`) and a lone surrogate (not UTF-8) do."""
+    record = data.draw(VALID[schema_type])
+    assume(not holds_null_or_surrogate(record))
+    members = list(record.items())
+    rng.shuffle(members)
+    raw = write(dict(members), Style(rng, whitespace, escapes)).encode()
+
+    _, read = JsonScanner(Schema.of(schema_type)).scan(pa.array([raw], pa.large_binary()))
+
+    assert read.tolist() == [True], raw

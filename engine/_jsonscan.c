@@ -1,0 +1,676 @@
+/* Native JSON scanner: a batch of JSON object values → Arrow column buffers, in one pass.
+ *
+ * Why it exists: on W1 the columnar reader (polars `read_ndjson`) and the checks that make
+ * up for its leniency (a byte screen, key counting, integer-token and escape searches) cost
+ * about 1.5 µs per message, two thirds of the engine's budget. This scanner reads each value
+ * once, strictly, straight into the buffers of the Arrow arrays the schema declares.
+ *
+ * It accepts a value only when it is sure the value is one JSON object that a conforming
+ * parser (orjson) reads to exactly these columns: every declared field of the right JSON
+ * type at most once, no other field, no explicit null, valid UTF-8. Anything else (not JSON,
+ * a wrong type, an unknown field, a duplicate, a null, a lone surrogate, an integer out of
+ * range) is not judged here: the value is marked unread and the codec's per-record path
+ * gives the exact verdict and reason. Rules on values (patterns, choices, bounds) are not
+ * checked here either; the codec checks them over whole columns.
+ *
+ * Interface: scan(plan, data, offsets) with
+ *   plan: a list of (kind, name: bytes, required: bool, parent: int) in pre-order; entry 0
+ *         is the root object (kind STRUCT, parent -1); a LIST entry's one child is its item.
+ *   data: the values' bytes (any buffer); offsets: int64 buffer of count + 1 positions.
+ * returns (read, nodes): `read` one byte per value (1: read), and per plan entry a tuple
+ *   (count, null_count, validity, offsets, values) where each buffer is (address, size,
+ *   owner) or None; `owner` is a capsule that frees the memory when the last reference goes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { K_STR = 0, K_INT = 1, K_FLOAT = 2, K_NUMBER = 3, K_BOOL = 4, K_STRUCT = 5, K_LIST = 6 };
+
+typedef struct {
+    char *ptr;
+    size_t len, cap;
+} Buf;
+
+typedef struct {
+    int kind;
+    int required;
+    const char *name;
+    Py_ssize_t name_len;
+    int *children;
+    int n_children;
+    uint64_t seen; /* stamp of the object that last held this field */
+    int64_t count, nulls;
+    int64_t snap_count, snap_nulls;
+    size_t snap_data;
+    Buf valid;   /* one byte per element: 1 present, 0 null */
+    Buf offsets; /* int64, count + 1: STR (into data) and LIST (into the item) */
+    Buf data;    /* STR bytes; INT/FLOAT/NUMBER 8-byte values; BOOL one byte */
+} Node;
+
+typedef struct {
+    Node *nodes;
+    int n_nodes;
+    uint64_t stamp;
+    int oom;
+    Buf name; /* an escaped field name, unescaped */
+} Scan;
+
+typedef struct {
+    const unsigned char *p, *end;
+} Cur;
+
+static int buf_grow(Buf *b, size_t extra) {
+    size_t need = b->len + extra;
+    if (need <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < need) cap *= 2;
+    char *p = realloc(b->ptr, cap);
+    if (!p) return -1;
+    b->ptr = p;
+    b->cap = cap;
+    return 0;
+}
+
+#define PUSH(scan, buf, src, n)                                   \
+    do {                                                          \
+        if (buf_grow((buf), (n)) < 0) {                           \
+            (scan)->oom = 1;                                      \
+            return -1;                                            \
+        }                                                         \
+        memcpy((buf)->ptr + (buf)->len, (src), (n));              \
+        (buf)->len += (n);                                        \
+    } while (0)
+
+static inline int push_byte(Scan *s, Buf *b, unsigned char v) {
+    if (buf_grow(b, 1) < 0) {
+        s->oom = 1;
+        return -1;
+    }
+    b->ptr[b->len++] = (char)v;
+    return 0;
+}
+
+static inline int push_i64(Scan *s, Buf *b, int64_t v) {
+    PUSH(s, b, &v, 8);
+    return 0;
+}
+
+/* An element is complete: record its validity and, for STR and LIST, its end offset. */
+static int close_element(Scan *s, Node *n, int present) {
+    if (push_byte(s, &n->valid, (unsigned char)present) < 0) return -1;
+    if (!present) n->nulls++;
+    n->count++;
+    if (n->kind == K_STR) return push_i64(s, &n->offsets, (int64_t)n->data.len);
+    if (n->kind == K_LIST) return push_i64(s, &n->offsets, s->nodes[n->children[0]].count);
+    return 0;
+}
+
+static int append_null(Scan *s, Node *n) {
+    switch (n->kind) {
+    case K_INT:
+    case K_FLOAT:
+    case K_NUMBER:
+        if (push_i64(s, &n->data, 0) < 0) return -1;
+        break;
+    case K_BOOL:
+        if (push_byte(s, &n->data, 0) < 0) return -1;
+        break;
+    case K_STRUCT:
+        for (int i = 0; i < n->n_children; i++)
+            if (append_null(s, &s->nodes[n->children[i]]) < 0) return -1;
+        break;
+    default:
+        break;
+    }
+    return close_element(s, n, 0);
+}
+
+static inline void skip_ws(Cur *c) {
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\n' || *c->p == '\r' || *c->p == '\t'))
+        c->p++;
+}
+
+static inline int hex4(const unsigned char *p, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned char ch = p[i];
+        v <<= 4;
+        if (ch >= '0' && ch <= '9') v |= ch - '0';
+        else if (ch >= 'a' && ch <= 'f') v |= ch - 'a' + 10;
+        else if (ch >= 'A' && ch <= 'F') v |= ch - 'A' + 10;
+        else return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Length of the valid UTF-8 sequence at p (lead byte ≥ 0x80), or 0 if it is not valid. */
+static inline int utf8_sequence(const unsigned char *p, const unsigned char *end) {
+    unsigned char b0 = p[0];
+    int n;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (b0 >= 0xC2 && b0 <= 0xDF) n = 2;
+    else if (b0 >= 0xE0 && b0 <= 0xEF) {
+        n = 3;
+        if (b0 == 0xE0) lo = 0xA0;
+        if (b0 == 0xED) hi = 0x9F; /* no UTF-16 surrogates */
+    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+        n = 4;
+        if (b0 == 0xF0) lo = 0x90;
+        if (b0 == 0xF4) hi = 0x8F;
+    } else
+        return 0;
+    if (end - p < n) return 0;
+    if (p[1] < lo || p[1] > hi) return 0;
+    for (int i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+    return n;
+}
+
+/* A JSON string at c->p (the opening quote) appended, unescaped, to `out`. */
+static int read_string(Scan *s, Cur *c, Buf *out) {
+    const unsigned char *p = c->p + 1, *end = c->end;
+    for (;;) {
+        const unsigned char *run = p;
+        while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\') p++;
+        if (p > run) PUSH(s, out, run, (size_t)(p - run));
+        if (p >= end) return -1;
+        unsigned char ch = *p;
+        if (ch == '"') {
+            c->p = p + 1;
+            return 0;
+        }
+        if (ch < 0x20) return -1;
+        if (ch >= 0x80) {
+            int n = utf8_sequence(p, end);
+            if (!n) return -1;
+            PUSH(s, out, p, (size_t)n);
+            p += n;
+            continue;
+        }
+        /* backslash */
+        if (end - p < 2) return -1;
+        unsigned char e = p[1];
+        char single = 0;
+        switch (e) {
+        case '"': single = '"'; break;
+        case '\\': single = '\\'; break;
+        case '/': single = '/'; break;
+        case 'b': single = '\b'; break;
+        case 'f': single = '\f'; break;
+        case 'n': single = '\n'; break;
+        case 'r': single = '\r'; break;
+        case 't': single = '\t'; break;
+        case 'u': break;
+        default: return -1;
+        }
+        if (single) {
+            if (push_byte(s, out, (unsigned char)single) < 0) return -1;
+            p += 2;
+            continue;
+        }
+        unsigned cp;
+        if (end - p < 6 || hex4(p + 2, &cp) < 0) return -1;
+        p += 6;
+        if (cp >= 0xDC00 && cp <= 0xDFFF) return -1; /* lone low surrogate */
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+            unsigned low;
+            if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, &low) < 0) return -1;
+            if (low < 0xDC00 || low > 0xDFFF) return -1;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+            p += 6;
+        }
+        unsigned char u[4];
+        size_t n;
+        if (cp < 0x80) {
+            u[0] = (unsigned char)cp;
+            n = 1;
+        } else if (cp < 0x800) {
+            u[0] = (unsigned char)(0xC0 | (cp >> 6));
+            u[1] = (unsigned char)(0x80 | (cp & 0x3F));
+            n = 2;
+        } else if (cp < 0x10000) {
+            u[0] = (unsigned char)(0xE0 | (cp >> 12));
+            u[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+            u[2] = (unsigned char)(0x80 | (cp & 0x3F));
+            n = 3;
+        } else {
+            u[0] = (unsigned char)(0xF0 | (cp >> 18));
+            u[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+            u[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+            u[3] = (unsigned char)(0x80 | (cp & 0x3F));
+            n = 4;
+        }
+        PUSH(s, out, u, n);
+    }
+}
+
+static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                               1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                               1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* A JSON number at c->p. `integral`: written without fraction or exponent. For an integral
+ * token that fits int64, *as_int holds it and *int_ok is set. *as_double is always set. */
+static int read_number(Cur *c, int *integral, int64_t *as_int, int *int_ok, double *as_double) {
+    const unsigned char *p = c->p, *end = c->end, *start = p;
+    int negative = 0;
+    if (p < end && *p == '-') {
+        negative = 1;
+        p++;
+    }
+    if (p >= end || *p < '0' || *p > '9') return -1;
+    uint64_t mantissa = 0;
+    int digits = 0;        /* significant digits accumulated in mantissa */
+    int dropped = 0;       /* integer digits beyond what mantissa holds exactly */
+    if (*p == '0') {
+        p++;
+    } else {
+        while (p < end && *p >= '0' && *p <= '9') {
+            if (digits < 19) {
+                mantissa = mantissa * 10 + (uint64_t)(*p - '0');
+                if (mantissa) digits++;
+            } else
+                dropped++;
+            p++;
+        }
+    }
+    int fraction_digits = 0;
+    *integral = 1;
+    if (p < end && *p == '.') {
+        *integral = 0;
+        p++;
+        if (p >= end || *p < '0' || *p > '9') return -1;
+        while (p < end && *p >= '0' && *p <= '9') {
+            if (digits < 19) {
+                mantissa = mantissa * 10 + (uint64_t)(*p - '0');
+                if (mantissa) digits++;
+                fraction_digits++;
+            }
+            p++;
+        }
+    }
+    long exponent = 0;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        *integral = 0;
+        p++;
+        int exp_negative = 0;
+        if (p < end && (*p == '+' || *p == '-')) {
+            exp_negative = *p == '-';
+            p++;
+        }
+        if (p >= end || *p < '0' || *p > '9') return -1;
+        while (p < end && *p >= '0' && *p <= '9') {
+            if (exponent < 100000) exponent = exponent * 10 + (*p - '0');
+            p++;
+        }
+        if (exp_negative) exponent = -exponent;
+    }
+    c->p = p;
+    *int_ok = 0;
+    if (*integral && !dropped) {
+        if (!negative && mantissa <= (uint64_t)INT64_MAX) {
+            *as_int = (int64_t)mantissa;
+            *int_ok = 1;
+        } else if (negative && mantissa <= (uint64_t)INT64_MAX + 1) {
+            *as_int = (int64_t)(0 - mantissa);
+            *int_ok = 1;
+        }
+    }
+    long scale = exponent - fraction_digits + dropped;
+    if (!dropped && digits <= 19 && mantissa < (1ULL << 53) && scale >= -22 && scale <= 22) {
+        /* exact operands, one correctly rounded operation (Clinger's fast path) */
+        double v = (double)mantissa;
+        v = scale < 0 ? v / POW10[-scale] : v * POW10[scale];
+        *as_double = negative ? -v : v;
+        return 0;
+    }
+    char text[80];
+    size_t len = (size_t)(p - start);
+    if (len >= sizeof text) return -1; /* long numbers are left to the per-record path */
+    memcpy(text, start, len);
+    text[len] = 0;
+    *as_double = strtod(text, NULL);
+    return 0;
+}
+
+static int read_value(Scan *s, Node *n, Cur *c);
+
+static int read_object(Scan *s, Node *n, Cur *c) {
+    if (c->p >= c->end || *c->p != '{') return -1;
+    c->p++;
+    uint64_t stamp = ++s->stamp;
+    int hint = 0;
+    skip_ws(c);
+    if (c->p < c->end && *c->p == '}') {
+        c->p++;
+    } else {
+        for (;;) {
+            if (c->p >= c->end || *c->p != '"') return -1;
+            const unsigned char *name = c->p + 1, *close = name;
+            while (close < c->end && *close != '"' && *close != '\\' && *close >= 0x20) close++;
+            Py_ssize_t name_len = close - name;
+            if (close < c->end && *close == '"') {
+                c->p = close + 1;
+            } else { /* an escaped name: unescape it first */
+                s->name.len = 0;
+                if (read_string(s, c, &s->name) < 0) return -1;
+                name = (const unsigned char *)s->name.ptr;
+                name_len = (Py_ssize_t)s->name.len;
+            }
+            Node *field = NULL;
+            for (int k = 0; k < n->n_children; k++) {
+                int i = (hint + k) % n->n_children;
+                Node *candidate = &s->nodes[n->children[i]];
+                if (candidate->name_len == name_len && !memcmp(candidate->name, name, name_len)) {
+                    field = candidate;
+                    hint = i + 1;
+                    break;
+                }
+            }
+            if (!field || field->seen == stamp) return -1; /* unknown or repeated */
+            field->seen = stamp;
+            skip_ws(c);
+            if (c->p >= c->end || *c->p != ':') return -1;
+            c->p++;
+            skip_ws(c);
+            if (read_value(s, field, c) < 0) return -1;
+            skip_ws(c);
+            if (c->p < c->end && *c->p == ',') {
+                c->p++;
+                skip_ws(c);
+                continue;
+            }
+            if (c->p < c->end && *c->p == '}') {
+                c->p++;
+                break;
+            }
+            return -1;
+        }
+    }
+    for (int i = 0; i < n->n_children; i++) {
+        Node *field = &s->nodes[n->children[i]];
+        if (field->seen == stamp) continue;
+        if (field->required) return -1;
+        if (append_null(s, field) < 0) return -1;
+    }
+    return close_element(s, n, 1);
+}
+
+static int read_list(Scan *s, Node *n, Cur *c) {
+    Node *item = &s->nodes[n->children[0]];
+    c->p++; /* '[' */
+    skip_ws(c);
+    if (c->p < c->end && *c->p == ']') {
+        c->p++;
+        return close_element(s, n, 1);
+    }
+    for (;;) {
+        if (read_value(s, item, c) < 0) return -1;
+        skip_ws(c);
+        if (c->p < c->end && *c->p == ',') {
+            c->p++;
+            skip_ws(c);
+            continue;
+        }
+        if (c->p < c->end && *c->p == ']') {
+            c->p++;
+            return close_element(s, n, 1);
+        }
+        return -1;
+    }
+}
+
+static int read_value(Scan *s, Node *n, Cur *c) {
+    if (c->p >= c->end) return -1;
+    unsigned char ch = *c->p;
+    switch (n->kind) {
+    case K_STR:
+        if (ch != '"' || read_string(s, c, &n->data) < 0) return -1;
+        return close_element(s, n, 1);
+    case K_INT:
+    case K_FLOAT:
+    case K_NUMBER: {
+        if (ch != '-' && (ch < '0' || ch > '9')) return -1;
+        int integral, int_ok;
+        int64_t as_int = 0;
+        double as_double = 0;
+        if (read_number(c, &integral, &as_int, &int_ok, &as_double) < 0) return -1;
+        if (n->kind == K_INT) {
+            if (!int_ok) return -1;
+            if (push_i64(s, &n->data, as_int) < 0) return -1;
+        } else {
+            /* an integer reads as a conforming parser's int converted: -0 is 0 */
+            if (integral && int_ok) as_double = (double)as_int;
+            if (n->kind == K_FLOAT && integral) return -1;
+            if (!isfinite(as_double)) return -1;
+            PUSH(s, &n->data, &as_double, 8);
+        }
+        return close_element(s, n, 1);
+    }
+    case K_BOOL:
+        if (c->end - c->p >= 4 && !memcmp(c->p, "true", 4)) {
+            c->p += 4;
+            if (push_byte(s, &n->data, 1) < 0) return -1;
+        } else if (c->end - c->p >= 5 && !memcmp(c->p, "false", 5)) {
+            c->p += 5;
+            if (push_byte(s, &n->data, 0) < 0) return -1;
+        } else
+            return -1;
+        return close_element(s, n, 1);
+    case K_STRUCT:
+        return read_object(s, n, c);
+    case K_LIST:
+        if (ch != '[') return -1;
+        return read_list(s, n, c);
+    }
+    return -1;
+}
+
+static void snapshot(Scan *s) {
+    for (int i = 0; i < s->n_nodes; i++) {
+        Node *n = &s->nodes[i];
+        n->snap_count = n->count;
+        n->snap_nulls = n->nulls;
+        n->snap_data = n->data.len;
+    }
+}
+
+static void rollback(Scan *s) {
+    for (int i = 0; i < s->n_nodes; i++) {
+        Node *n = &s->nodes[i];
+        n->count = n->snap_count;
+        n->nulls = n->snap_nulls;
+        n->data.len = n->snap_data;
+        n->valid.len = (size_t)n->count;
+        if (n->kind == K_STR || n->kind == K_LIST) n->offsets.len = (size_t)(n->count + 1) * 8;
+    }
+}
+
+/* Read every value; 0, or -1 when memory ran out. */
+static int scan_values(Scan *s, const unsigned char *data, const int64_t *offsets,
+                       Py_ssize_t count, unsigned char *read) {
+    Node *root = &s->nodes[0];
+    for (Py_ssize_t r = 0; r < count; r++) {
+        Cur c = {data + offsets[r], data + offsets[r + 1]};
+        snapshot(s);
+        skip_ws(&c);
+        int ok = read_object(s, root, &c) == 0;
+        if (ok) {
+            skip_ws(&c);
+            ok = c.p == c.end;
+        }
+        if (s->oom) return -1;
+        read[r] = (unsigned char)ok;
+        if (!ok) {
+            rollback(s);
+            if (append_null(s, root) < 0) return -1;
+        }
+    }
+    return 0;
+}
+
+static void free_capsule(PyObject *capsule) { free(PyCapsule_GetPointer(capsule, "jsonscan")); }
+
+/* The buffer as (address, size, owner); ownership of its memory passes to the owner. */
+static PyObject *hand_over(Buf *b) {
+    if (!b->ptr) Py_RETURN_NONE;
+    PyObject *owner = PyCapsule_New(b->ptr, "jsonscan", free_capsule);
+    if (!owner) return NULL;
+    unsigned long long address = (unsigned long long)(uintptr_t)b->ptr;
+    b->ptr = NULL; /* the capsule frees it now */
+    return Py_BuildValue("(KnN)", address, (Py_ssize_t)b->len, owner);
+}
+
+static void free_nodes(Node *nodes, int count) {
+    for (int i = 0; i < count; i++) {
+        free(nodes[i].children);
+        free(nodes[i].valid.ptr);
+        free(nodes[i].offsets.ptr);
+        free(nodes[i].data.ptr);
+    }
+    free(nodes);
+}
+
+static int load_plan(PyObject *plan, Scan *s) {
+    PyObject *items = PySequence_Fast(plan, "plan must be a sequence");
+    if (!items) return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(items);
+    if (count < 1 || count > 100000) {
+        Py_DECREF(items);
+        PyErr_SetString(PyExc_ValueError, "plan must hold a root and at most 100000 nodes");
+        return -1;
+    }
+    s->nodes = calloc((size_t)count, sizeof(Node));
+    s->n_nodes = (int)count;
+    if (!s->nodes) {
+        Py_DECREF(items);
+        PyErr_NoMemory();
+        return -1;
+    }
+    int *parents = calloc((size_t)count, sizeof(int));
+    if (!parents) goto nomemory;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Node *n = &s->nodes[i];
+        int required;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(items, i), "iy#pi", &n->kind, &n->name,
+                              &n->name_len, &required, &parents[i]))
+            goto fail;
+        n->required = required;
+        if (n->kind < K_STR || n->kind > K_LIST || parents[i] >= i || (i > 0) != (parents[i] >= 0)) {
+            PyErr_Format(PyExc_ValueError, "plan entry %zd is malformed", i);
+            goto fail;
+        }
+    }
+    for (Py_ssize_t i = 1; i < count; i++) s->nodes[parents[i]].n_children++;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Node *n = &s->nodes[i];
+        if (n->kind == K_LIST && n->n_children != 1) {
+            PyErr_Format(PyExc_ValueError, "plan entry %zd: a list needs exactly one item", i);
+            goto fail;
+        }
+        if (n->kind != K_STRUCT && n->kind != K_LIST && n->n_children) {
+            PyErr_Format(PyExc_ValueError, "plan entry %zd: only structs and lists nest", i);
+            goto fail;
+        }
+        if (n->n_children && !(n->children = malloc(sizeof(int) * (size_t)n->n_children)))
+            goto nomemory;
+        n->n_children = 0;
+        if ((n->kind == K_STR || n->kind == K_LIST) && buf_grow(&n->offsets, 8) < 0)
+            goto nomemory;
+        if (n->kind == K_STR || n->kind == K_LIST) {
+            memset(n->offsets.ptr, 0, 8);
+            n->offsets.len = 8;
+        }
+    }
+    for (Py_ssize_t i = 1; i < count; i++) {
+        Node *parent = &s->nodes[parents[i]];
+        parent->children[parent->n_children++] = (int)i;
+    }
+    if (s->nodes[0].kind != K_STRUCT) {
+        PyErr_SetString(PyExc_ValueError, "plan entry 0 must be the root struct");
+        goto fail;
+    }
+    free(parents);
+    Py_DECREF(items);
+    return 0;
+nomemory:
+    PyErr_NoMemory();
+fail:
+    free(parents);
+    Py_DECREF(items);
+    return -1;
+}
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    PyObject *plan;
+    Py_buffer data, offsets;
+    if (!PyArg_ParseTuple(args, "Oy*y*", &plan, &data, &offsets)) return NULL;
+    PyObject *result = NULL, *read_obj = NULL, *node_list = NULL;
+    Scan s = {0};
+    Py_ssize_t count = offsets.len / 8 - 1;
+    if (offsets.len % 8 || count < 0) {
+        PyErr_SetString(PyExc_ValueError, "offsets must hold count + 1 int64 positions");
+        goto done;
+    }
+    const int64_t *positions = (const int64_t *)offsets.buf;
+    for (Py_ssize_t r = 0; r < count; r++) {
+        if (positions[r] < 0 || positions[r] > positions[r + 1] || positions[r + 1] > data.len) {
+            PyErr_Format(PyExc_ValueError, "offsets %zd..%zd are outside the data", r, r + 1);
+            goto done;
+        }
+    }
+    if (load_plan(plan, &s) < 0) goto done;
+    read_obj = PyBytes_FromStringAndSize(NULL, count);
+    if (!read_obj) goto done;
+    int status;
+    Py_BEGIN_ALLOW_THREADS;
+    status = scan_values(&s, (const unsigned char *)data.buf, positions, count,
+                         (unsigned char *)PyBytes_AS_STRING(read_obj));
+    Py_END_ALLOW_THREADS;
+    if (status < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    node_list = PyList_New(s.n_nodes);
+    if (!node_list) goto done;
+    for (int i = 0; i < s.n_nodes; i++) {
+        Node *n = &s.nodes[i];
+        PyObject *valid = hand_over(&n->valid);
+        PyObject *offs = valid ? hand_over(&n->offsets) : NULL;
+        PyObject *values = offs ? hand_over(&n->data) : NULL;
+        if (!values) {
+            Py_XDECREF(valid);
+            Py_XDECREF(offs);
+            goto done;
+        }
+        PyObject *entry = Py_BuildValue("(LLNNN)", (long long)n->count, (long long)n->nulls,
+                                        valid, offs, values);
+        if (!entry) goto done;
+        PyList_SET_ITEM(node_list, i, entry);
+    }
+    result = PyTuple_Pack(2, read_obj, node_list);
+done:
+    Py_XDECREF(read_obj);
+    Py_XDECREF(node_list);
+    if (s.nodes) free_nodes(s.nodes, s.n_nodes);
+    free(s.name.ptr);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&offsets);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS,
+     "scan(plan, data, offsets) -> (read, nodes): JSON object values to Arrow buffers."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jsonscan",
+                                    "Native JSON scanner (see engine/_jsonscan.c).", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__jsonscan(void) { return PyModule_Create(&module); }

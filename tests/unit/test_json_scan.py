@@ -1,0 +1,183 @@
+"""The native scanner on the cases a strict JSON reader must get exactly right.
+
+`tests/property/test_codec_property.py` holds the scanner to orjson on generated records;
+these are the named edge cases, each with the row the scanner must produce or the fact that
+it must leave the value to the per-record path (None).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from engine import _jsonscan
+from engine.json_scan import JsonScanner
+from engine.schema import Schema
+
+
+class Point(msgspec.Struct):
+    x: int
+    label: str | None = None
+
+
+class Record(msgspec.Struct):
+    name: str
+    count: int
+    ratio: float
+    size: int | float
+    flag: bool
+    level: Literal[1, 2, 3] = 1
+    tags: list[str] = msgspec.field(default_factory=list)
+    points: list[Point] | None = None
+    grid: list[list[int]] | None = None
+    where: Point | None = None
+    note: Annotated[str, msgspec.Meta(max_length=9)] | None = None
+
+
+BASE = '"name":"a","count":1,"ratio":0.5,"size":2,"flag":true'
+
+
+def scan(*values: bytes) -> list[dict[str, Any] | None]:
+    columns, read = JsonScanner(Schema.of(Record)).scan(pa.array(values, pa.large_binary()))
+    frame = pl.from_arrow(columns)
+    assert isinstance(frame, pl.DataFrame)
+    return [row if ok else None for row, ok in zip(frame.to_dicts(), read.tolist(), strict=True)]
+
+
+def read_one(members: str) -> dict[str, Any] | None:
+    return scan(("{" + members + "}").encode())[0]
+
+
+def test_reads_every_kind_of_field() -> None:
+    row = read_one(
+        BASE + ',"level":3,"tags":["x","y"],"points":[{"x":1},{"label":"b","x":2}],'
+        '"grid":[[1,2],[]],"where":{"x":-7},"note":"n"'
+    )
+    assert row == {
+        "name": "a",
+        "count": 1,
+        "ratio": 0.5,
+        "size": 2.0,
+        "flag": True,
+        "level": 3,
+        "tags": ["x", "y"],
+        "points": [{"x": 1, "label": None}, {"x": 2, "label": "b"}],
+        "grid": [[1, 2], []],
+        "where": {"x": -7, "label": None},
+        "note": "n",
+    }
+
+
+def test_absent_optional_fields_are_null() -> None:
+    row = read_one(BASE)
+    assert row is not None
+    assert (row["level"], row["tags"], row["points"], row["where"], row["note"]) == (
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r'"\u00e9\n\t\"\\\/"', 'é\n\t"\\/'),
+        (r'"\ud83d\ude00"', "😀"),
+        ('"é😀"', "é😀"),
+        (r'"\u0000"', "\0"),
+    ],
+)
+def test_strings_are_unescaped(text: str, expected: str) -> None:
+    row = read_one(BASE.replace('"name":"a"', f'"name":{text}'))
+    assert row is not None and row["name"] == expected
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "expected"),
+    [
+        ("ratio", "1.5e2", 150.0),
+        ("ratio", "-0.0", -0.0),
+        ("ratio", "0.1", 0.1),
+        ("ratio", "1E-400", 0.0),
+        ("ratio", "123456789012345678901234567890.5", 1.2345678901234568e29),
+        ("size", "-0", 0.0),
+        ("size", "9223372036854775808", 9.223372036854776e18),
+        ("size", "2.5", 2.5),
+        ("count", "-9223372036854775808", -(2**63)),
+        ("count", "9223372036854775807", 2**63 - 1),
+    ],
+)
+def test_numbers_read_as_a_conforming_parser_reads_them(
+    field: str, text: str, expected: float
+) -> None:
+    row = read_one(re.sub(f'"{field}":[^,]*', f'"{field}":{text}', BASE))
+    assert row is not None
+    assert row[field] == expected
+    assert str(row[field]) == str(expected)  # -0.0 stays -0.0, 0 stays 0
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        BASE.replace('"ratio":0.5', '"ratio":5'),  # a float field needs a fraction
+        BASE.replace('"count":1', '"count":1.0'),
+        BASE.replace('"count":1', '"count":9223372036854775808'),
+        BASE.replace('"ratio":0.5', '"ratio":1e400'),
+        BASE.replace('"ratio":0.5', '"ratio":01.5'),
+        BASE.replace('"ratio":0.5', '"ratio":1.'),
+        BASE.replace('"ratio":0.5', '"ratio":.5'),
+        BASE.replace('"ratio":0.5', '"ratio":NaN'),
+        BASE.replace('"flag":true', '"flag":1'),
+        BASE.replace('"name":"a"', '"name":null'),  # an explicit null is kept in `_extra`
+        BASE.replace('"count":1', '"count":1,"count":2'),  # a repeated field
+        BASE + ',"other":1',  # a field the schema does not declare
+        BASE + ',"where":{"x":1,"y":2}',
+        BASE.replace('"name":"a"', '"name":"\\ud800"'),  # a lone surrogate
+        BASE.replace('"name":"a"', '"name":"a\tb"'),  # a raw control character
+        BASE + ",",
+        BASE + ',"tags":["a",]',
+        '"name":"a"',  # required fields missing
+    ],
+)
+def test_leaves_what_it_is_not_sure_of_to_the_per_record_path(members: str) -> None:
+    assert read_one(members) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"", b"[]", b"nope", b"{" + BASE.encode() + b"} x", b'{"name":"\xff"}', b"\xef\xbb\xbf{}"],
+)
+def test_leaves_values_that_are_not_one_object_to_the_per_record_path(value: bytes) -> None:
+    assert scan(value) == [None]
+
+
+def test_an_unread_value_does_not_disturb_its_neighbours() -> None:
+    good = ("{" + BASE + ',"tags":["t"],"points":[{"x":1}]}').encode()
+    # fails after it has appended list items and struct children
+    bad = ("{" + BASE + ',"tags":["u","v"],"points":[{"x":2},{"x":null}]}').encode()
+    rows = scan(good, bad, good)
+    assert rows[1] is None
+    assert rows[0] == rows[2] and rows[0] is not None
+    assert rows[0]["tags"] == ["t"] and rows[0]["points"] == [{"x": 1, "label": None}]
+
+
+def test_escaped_and_reordered_field_names_are_read() -> None:
+    row = read_one('"fl\\u0061g":false,"size":1.5,"ratio":2.5,"count":3,"n\\u0061me":"z"')
+    assert row is not None
+    assert (row["name"], row["count"], row["flag"]) == ("z", 3, False)
+
+
+def test_a_malformed_plan_is_refused() -> None:
+    with pytest.raises(ValueError, match="root"):
+        _jsonscan.scan([(0, b"", True, -1)], b"", b"\0" * 8)
+    with pytest.raises(ValueError, match="list needs exactly one item"):
+        _jsonscan.scan([(5, b"", True, -1), (6, b"l", True, 0)], b"", b"\0" * 8)
+    with pytest.raises(ValueError, match="outside the data"):
+        _jsonscan.scan([(5, b"", True, -1)], b"{}", memoryview(b"\0" * 8 + b"\x09" + b"\0" * 7))
