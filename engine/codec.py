@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from engine.batch import EXTRA, RAW, data_columns, dead_letters, value_buffers
 from engine.json_scan import JsonScanner
+from engine.json_write import write_json
 from engine.schema import Schema
 
 _ROW = "__row"
@@ -131,16 +132,15 @@ def encode_json(frame: pl.DataFrame) -> pl.Series:
 
     A null field is left out, unless the record came in with an explicit null (kept in
     `_extra` with the fields the schema does not declare, and merged back): so a record
-    passes through with exactly the fields it came in with. Rows with neither nulls nor
-    `_extra` (W1's) are encoded in one columnar call; the others are fixed up one by one.
+    passes through with exactly the fields it came in with. Rows without `_extra` (W1's)
+    are written in one native pass (`engine.json_write`); the others are fixed up one by one.
     """
-    columns = data_columns(frame)
-    encoded = frame.select(pl.struct(columns).struct.json_encode().alias("value")).to_series()
-    # ':null' may also occur inside a string: such a row is merely fixed up needlessly
-    to_fix = encoded.str.contains(":null", literal=True)
-    if EXTRA in frame.columns:
-        to_fix = to_fix | frame[EXTRA].is_not_null()
-    if not to_fix.any():
+    encoded, text_nulls = write_json(frame, data_columns(frame))
+    has_extra = EXTRA in frame.columns and frame[EXTRA].null_count() < frame.height
+    to_fix = frame[EXTRA].is_not_null() if has_extra else None
+    if text_nulls is not None:
+        to_fix = text_nulls if to_fix is None else to_fix | text_nulls
+    if to_fix is None or not to_fix.any():
         return encoded
     rows = to_fix.arg_true()
     extras = frame[EXTRA].gather(rows).to_list() if EXTRA in frame.columns else [None] * len(rows)

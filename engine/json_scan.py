@@ -1,6 +1,6 @@
 """A schema's columns read from a batch of JSON values by the native scanner, in one pass.
 
-`engine/_jsonscan.c` parses every value strictly, straight into Arrow buffers; this module
+`engine/native/scan.c` parses every value strictly, straight into Arrow buffers; this module
 gives it the schema as a flat plan and wraps the buffers it returns as Arrow arrays, without
 copying them. A value the scanner is not sure of (see the C file) comes back as a row of
 nulls with `read` false, for the codec's per-record path to judge.
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from engine import _jsonscan
+from engine import _json
 from engine.batch import value_buffers
 from engine.schema import Node, Schema
 
-# The scanner's node kinds (the enum at the top of _jsonscan.c).
+# The scanner's node kinds (the enum at the top of engine/native/scan.c).
 _STR, _INT, _FLOAT, _NUMBER, _BOOL, _STRUCT, _LIST = range(7)
 _KINDS = {"str": _STR, "datetime": _STR, "int": _INT, "float": _FLOAT, "number": _NUMBER}
 _KINDS |= {"bool": _BOOL, "struct": _STRUCT, "list": _LIST}
@@ -70,7 +70,7 @@ class JsonScanner:
     def scan(self, values: pa.LargeBinaryArray) -> tuple[pa.RecordBatch, np.ndarray]:
         """The schema's columns for `values`, and per value whether it was read."""
         offsets, data = value_buffers(values)
-        read, nodes = _jsonscan.scan(self._plan, data, offsets)
+        read, nodes = _json.scan(self._plan, data, offsets)
         arrays = [self._array(index, nodes) for index in self._columns]
         return (
             pa.RecordBatch.from_arrays(arrays, names=self._names),
@@ -88,7 +88,7 @@ class JsonScanner:
             )
         if entry.kind == _LIST:
             return pa.Array.from_buffers(
-                entry.arrow_type, count, [validity, _wrap(offsets)], nulls, children=children
+                entry.arrow_type, count, [validity, arrow_buffer(offsets)], nulls, children=children
             )
         if entry.kind == _BOOL:
             return pa.Array.from_buffers(
@@ -96,9 +96,14 @@ class JsonScanner:
             )
         if entry.kind == _STR:
             return pa.Array.from_buffers(
-                entry.arrow_type, count, [validity, _wrap(offsets), _wrap(values)], nulls
+                entry.arrow_type,
+                count,
+                [validity, arrow_buffer(offsets), arrow_buffer(values)],
+                nulls,
             )
-        return pa.Array.from_buffers(entry.arrow_type, count, [validity, _wrap(values)], nulls)
+        return pa.Array.from_buffers(
+            entry.arrow_type, count, [validity, arrow_buffer(values)], nulls
+        )
 
 
 _SCALAR_TYPES = {
@@ -110,8 +115,9 @@ _SCALAR_TYPES = {
 }
 
 
-def _wrap(buffer: tuple[int, int, object] | None) -> pa.Buffer:
-    """A scanner buffer as an Arrow buffer, without a copy; it keeps the memory's owner."""
+def arrow_buffer(buffer: tuple[int, int, object] | None) -> pa.Buffer:
+    """A buffer of engine._json as an Arrow buffer, without a copy; it keeps the memory's
+    owner alive."""
     if buffer is None:
         return _EMPTY
     address, size, owner = buffer

@@ -1,4 +1,4 @@
-/* Native JSON scanner: a batch of JSON object values → Arrow column buffers, in one pass.
+/* JSON scanner: a batch of JSON object values → Arrow column buffers, in one pass.
  *
  * Why it exists: on W1 the columnar reader (polars `read_ndjson`) and the checks that make
  * up for its leniency (a byte screen, key counting, integer-token and escape searches) cost
@@ -13,7 +13,7 @@
  * gives the exact verdict and reason. Rules on values (patterns, choices, bounds) are not
  * checked here either; the codec checks them over whole columns.
  *
- * Interface: scan(plan, data, offsets) with
+ * Interface (engine._json.scan): scan(plan, data, offsets) with
  *   plan: a list of (kind, name: bytes, required: bool, parent: int) in pre-order; entry 0
  *         is the root object (kind STRUCT, parent -1); a LIST entry's one child is its item.
  *   data: the values' bytes (any buffer); offsets: int64 buffer of count + 1 positions.
@@ -21,19 +21,11 @@
  *   (count, null_count, validity, offsets, values) where each buffer is (address, size,
  *   owner) or None; `owner` is a capsule that frees the memory when the last reference goes.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "buffer.h"
+
 #include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
 enum { K_STR = 0, K_INT = 1, K_FLOAT = 2, K_NUMBER = 3, K_BOOL = 4, K_STRUCT = 5, K_LIST = 6 };
-
-typedef struct {
-    char *ptr;
-    size_t len, cap;
-} Buf;
 
 typedef struct {
     int kind;
@@ -63,26 +55,12 @@ typedef struct {
     const unsigned char *p, *end;
 } Cur;
 
-static int buf_grow(Buf *b, size_t extra) {
-    size_t need = b->len + extra;
-    if (need <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap < need) cap *= 2;
-    char *p = realloc(b->ptr, cap);
-    if (!p) return -1;
-    b->ptr = p;
-    b->cap = cap;
-    return 0;
-}
-
 #define PUSH(scan, buf, src, n)                                   \
     do {                                                          \
-        if (buf_grow((buf), (n)) < 0) {                           \
+        if (buf_push((buf), (src), (n)) < 0) {                    \
             (scan)->oom = 1;                                      \
             return -1;                                            \
         }                                                         \
-        memcpy((buf)->ptr + (buf)->len, (src), (n));              \
-        (buf)->len += (n);                                        \
     } while (0)
 
 static inline int push_byte(Scan *s, Buf *b, unsigned char v) {
@@ -176,7 +154,7 @@ static int read_string(Scan *s, Cur *c, Buf *out) {
     const unsigned char *p = c->p + 1, *end = c->end;
     for (;;) {
         const unsigned char *run = p;
-        while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\') p++;
+        p += plain_run(p, end, 1);
         if (p > run) PUSH(s, out, run, (size_t)(p - run));
         if (p >= end) return -1;
         unsigned char ch = *p;
@@ -513,18 +491,6 @@ static int scan_values(Scan *s, const unsigned char *data, const int64_t *offset
     return 0;
 }
 
-static void free_capsule(PyObject *capsule) { free(PyCapsule_GetPointer(capsule, "jsonscan")); }
-
-/* The buffer as (address, size, owner); ownership of its memory passes to the owner. */
-static PyObject *hand_over(Buf *b) {
-    if (!b->ptr) Py_RETURN_NONE;
-    PyObject *owner = PyCapsule_New(b->ptr, "jsonscan", free_capsule);
-    if (!owner) return NULL;
-    unsigned long long address = (unsigned long long)(uintptr_t)b->ptr;
-    b->ptr = NULL; /* the capsule frees it now */
-    return Py_BuildValue("(KnN)", address, (Py_ssize_t)b->len, owner);
-}
-
 static void free_nodes(Node *nodes, int count) {
     for (int i = 0; i < count; i++) {
         free(nodes[i].children);
@@ -605,7 +571,7 @@ fail:
     return -1;
 }
 
-static PyObject *scan(PyObject *self, PyObject *args) {
+PyObject *json_scan(PyObject *self, PyObject *args) {
     PyObject *plan;
     Py_buffer data, offsets;
     if (!PyArg_ParseTuple(args, "Oy*y*", &plan, &data, &offsets)) return NULL;
@@ -639,9 +605,9 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     if (!node_list) goto done;
     for (int i = 0; i < s.n_nodes; i++) {
         Node *n = &s.nodes[i];
-        PyObject *valid = hand_over(&n->valid);
-        PyObject *offs = valid ? hand_over(&n->offsets) : NULL;
-        PyObject *values = offs ? hand_over(&n->data) : NULL;
+        PyObject *valid = buf_hand_over(&n->valid);
+        PyObject *offs = valid ? buf_hand_over(&n->offsets) : NULL;
+        PyObject *values = offs ? buf_hand_over(&n->data) : NULL;
         if (!values) {
             Py_XDECREF(valid);
             Py_XDECREF(offs);
@@ -662,15 +628,3 @@ done:
     PyBuffer_Release(&offsets);
     return result;
 }
-
-static PyMethodDef methods[] = {
-    {"scan", scan, METH_VARARGS,
-     "scan(plan, data, offsets) -> (read, nodes): JSON object values to Arrow buffers."},
-    {NULL, NULL, 0, NULL},
-};
-
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jsonscan",
-                                    "Native JSON scanner (see engine/_jsonscan.c).", -1,
-                                    methods};
-
-PyMODINIT_FUNC PyInit__jsonscan(void) { return PyModule_Create(&module); }
