@@ -17,6 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine import _json
 from engine.batch import (
     HEADER_ARROW_TYPE,
     HEADER_DTYPE,
@@ -32,6 +33,7 @@ from engine.batch import (
 from engine.connectors.base import SinkPosition
 from engine.connectors.encoding import encode_values, is_dead_letter
 from engine.errors import CheckpointError, ConnectorError
+from engine.json_scan import arrow_buffer
 
 _BLOCK_BYTES = 8 << 20
 
@@ -73,44 +75,34 @@ class NdjsonSource:
             yield _raw_frame(leftover, line_number)
 
     def _blocks(self) -> Iterator[pa.LargeBinaryArray]:
-        carry = b""
-        with self.path.open("rb") as file:
-            while block := file.read(_BLOCK_BYTES):
-                data = carry + block
-                cut = data.rfind(b"\n") + 1
-                carry = data[cut:]
-                if cut:
-                    yield _split_lines(data[:cut])
-        if carry:
-            yield _split_lines(carry + b"\n")
+        """The file's lines, a block at a time; a line cut by a block's end is moved to the
+        front of the buffer and completed by the next read."""
+        buffer = bytearray(_BLOCK_BYTES)
+        filled = 0
+        with self.path.open("rb", buffering=0) as file:
+            while True:
+                if filled == len(buffer):  # one line longer than the buffer
+                    buffer.extend(bytearray(len(buffer)))
+                with memoryview(buffer) as view:
+                    read = file.readinto(view[filled:])
+                    filled += read or 0
+                    lines, consumed = _split_lines(view[:filled], final=not read)
+                if len(lines):
+                    yield lines
+                buffer[: filled - consumed] = buffer[consumed:filled]
+                filled -= consumed
+                if not read:
+                    return
 
 
-def _split_lines(data: bytes) -> pa.LargeBinaryArray:
-    """Lines of `data` (which ends with a newline) as values, newlines removed."""
-    newlines = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
-    count = len(newlines)
-    starts = np.concatenate(([0], newlines[:-1] + 1))
-    if b"\r" not in data:
-        values = data.replace(b"\n", b"")  # memchr-fast; positions shift by one per line
-        offsets = np.append(starts - np.arange(count), len(values)).astype(np.int64)
-        return _binary_array(count, offsets, values)
-    raw = np.frombuffer(data, np.uint8)
-    ends = newlines.copy()
-    has_cr = (ends > starts) & (raw[np.maximum(ends - 1, 0)] == ord("\r"))
-    ends[has_cr] -= 1
-    keep = np.ones(len(raw), bool)
-    keep[newlines] = False
-    keep[ends[has_cr]] = False
-    # positions shift left by the separators removed before each line
-    removed_before = np.arange(count) + np.concatenate(([0], np.cumsum(has_cr)[:-1]))
-    offsets = np.append(starts - removed_before, count and len(raw) - count - int(has_cr.sum()))
-    return _binary_array(count, offsets.astype(np.int64), raw[keep].tobytes())
-
-
-def _binary_array(count: int, offsets: np.ndarray, values: bytes) -> pa.LargeBinaryArray:
-    return pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(values)]
+def _split_lines(data: memoryview | bytes, *, final: bool) -> tuple[pa.LargeBinaryArray, int]:
+    """The lines of `data` as values, without their newlines (nor a `\r` before one), and
+    how many bytes they took; with `final`, text after the last newline is a line too."""
+    count, consumed, offsets, values = _json.split_lines(data, final)
+    lines = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), count, [None, arrow_buffer(offsets), arrow_buffer(values)]
     )
+    return lines, consumed
 
 
 def _raw_frame(values: pa.LargeBinaryArray, first_line: int) -> pl.DataFrame:
@@ -146,9 +138,8 @@ class NdjsonSplit:
         with open(self.path, "rb") as file:
             file.seek(self.start)
             data = file.read(self.end - self.start)
-        if not data.endswith(b"\n"):
-            data += b"\n"  # the file's last line, without its newline
-        return _raw_frame(_split_lines(data), self.first_line)
+        lines, _ = _split_lines(data, final=True)  # the file's last line may have no newline
+        return _raw_frame(lines, self.first_line)
 
 
 def ndjson_splits(

@@ -1,8 +1,10 @@
-/* engine._json: the native JSON scanner (scan.c) and writer (write.c). */
+/* engine._json: the native JSON scanner (scan.c), writer (write.c) and NDJSON line
+ * splitter (lines.c). */
 #include "buffer.h"
 
 PyObject *json_scan(PyObject *self, PyObject *args);
 PyObject *json_write(PyObject *self, PyObject *args);
+PyObject *json_split_lines(PyObject *self, PyObject *args);
 
 static void free_capsule(PyObject *capsule) { free(PyCapsule_GetPointer(capsule, "conflux")); }
 
@@ -20,6 +22,8 @@ static PyMethodDef methods[] = {
      "scan(plan, data, offsets) -> (read, nodes): JSON object values to Arrow buffers."},
     {"write", json_write, METH_VARARGS,
      "write(plan, rows) -> (offsets, data): Arrow columns to one JSON object per row."},
+    {"split_lines", json_split_lines, METH_VARARGS,
+     "split_lines(data, final) -> (count, consumed, offsets, values): NDJSON lines."},
     {NULL, NULL, 0, NULL},
 };
 
