@@ -12,7 +12,7 @@ import pytest
 
 from engine import Pipeline
 from engine.batch import HEADERS, raw_batch
-from engine.connectors import MemorySink, NdjsonSource, ParquetSink, ParquetSource
+from engine.connectors import MemorySink, NdjsonSource, ParquetSink, ParquetSource, files
 from engine.connectors.batching import StreamSource
 from engine.schema_examples import Order
 from engine.spec import FileSinkSpec, FileSourceSpec
@@ -34,6 +34,16 @@ def test_ndjson_source_splits_lines_exactly(tmp_path: Path) -> None:
         b'{"b": 2}',
         b"last-without-newline",
     ]
+
+
+def test_ndjson_source_reads_lines_across_blocks_and_longer_than_a_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "_BLOCK_BYTES", 16)  # each read ends inside a line
+    lines = [b"x" * n for n in (0, 5, 15, 16, 17, 40, 3)] + [b"end\r"]
+    path = tmp_path / "in.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\r\n")
+    assert _lines(NdjsonSource(path, batch_size=3)) == lines
 
 
 def test_ndjson_source_batches_keep_line_numbers(tmp_path: Path) -> None:
