@@ -240,15 +240,19 @@ class Dedup(Step, tag="dedup"):
                 np.flatnonzero(repeated), keep, hashes, checks, times, running_max, previous_time
             )
         # an event with a null id cannot be identified: it passes, and is not remembered
-        unidentified = rows.select(pl.any_horizontal(pl.col(self.on).is_null())).to_series()
         forgotten = superseded
-        if unidentified.any():
-            unknown = unidentified.to_numpy()
+        if any(rows[name].null_count() for name in self.on):
+            unidentified = pl.any_horizontal(pl.col(self.on).is_null())
+            unknown = rows.select(unidentified).to_series().to_numpy()
             keep[unknown] = True
             forgotten = [*superseded, *np.flatnonzero(unknown).tolist()]
         kept = np.flatnonzero(keep)
         # the last emission per key is the one later repeats compare with
-        remembered = np.setdiff1d(kept, forgotten) if forgotten else kept
+        remembered = kept
+        if forgotten:
+            remember = keep.copy()
+            remember[forgotten] = False
+            remembered = np.flatnonzero(remember)
         state.record(
             rows[remembered],
             hashes[remembered],
