@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import orjson
 import polars as pl
+import pyarrow as pa
 
-from engine.batch import HEADERS, KEY, OFFSET, PARTITION, RAW, REASON, STAGE, VALUE
+from engine.batch import (
+    HEADERS,
+    KEY,
+    OFFSET,
+    PARTITION,
+    RAW,
+    REASON,
+    STAGE,
+    VALUE,
+    newline_terminated,
+)
 from engine.codec import encode_json
 
 #: What sinks read besides a record's value: its key, headers and a dead letter's origin.
@@ -39,16 +50,19 @@ def encode_values(frame: pl.DataFrame) -> pl.Series:
     return pl.Series("value", values, pl.String)
 
 
-def preencode(frame: pl.DataFrame, *, envelope: bool = True) -> pl.DataFrame:
-    """`frame` as message-based sinks read it: each row's value encoded once (`_value`),
-    with the envelope columns a Kafka sink uses (`envelope`; an NDJSON file needs none)
-    and none of the fields.
+def encode_lines(frame: pl.DataFrame) -> pa.Buffer:
+    """The rows' values as an NDJSON body: each value followed by a newline."""
+    values = encode_values(frame).to_arrow().cast(pa.large_binary())
+    return pa.py_buffer(newline_terminated(values))
+
+
+def preencode(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` as a message-based sink reads it: each row's value encoded once (`_value`),
+    with the envelope columns a Kafka sink uses and none of the fields.
 
     A distributed runner encodes in its workers, in parallel, and ships only this to the
     process that writes the sink.
     """
     values = encode_values(frame).alias(VALUE)
-    if not envelope:
-        return values.to_frame()
     carried = [name for name in _CARRIED if name in frame.columns]
     return frame.select(carried).with_columns(values)

@@ -28,10 +28,9 @@ from engine.batch import (
     RAW,
     TIMESTAMP,
     data_columns,
-    newline_terminated,
 )
 from engine.connectors.base import SinkPosition
-from engine.connectors.encoding import encode_values, is_dead_letter
+from engine.connectors.encoding import encode_lines, is_dead_letter
 from engine.errors import CheckpointError, ConnectorError
 from engine.json_scan import arrow_buffer
 
@@ -280,10 +279,15 @@ class NdjsonSink:
 
     async def write(self, frame: pl.DataFrame) -> None:
         if frame.height:
-            await self.start()
-            assert self._file is not None
-            values = encode_values(frame).to_arrow().cast(pa.large_binary())
-            self._file.write(newline_terminated(values))
+            await self.append([encode_lines(frame)])
+
+    async def append(self, bodies: list[pa.Buffer]) -> None:
+        """Write NDJSON bodies encoded elsewhere (`encode_lines`), in order: a distributed
+        runner's workers encode, and its writer only appends."""
+        await self.start()
+        assert self._file is not None
+        for body in bodies:
+            self._file.write(body)
 
     async def close(self) -> None:
         if self._file is not None:

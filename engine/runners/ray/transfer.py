@@ -1,4 +1,4 @@
-"""Frames between actors, as Arrow IPC streams in one buffer each.
+"""Frames between actors, as Arrow IPC streams in one buffer each, and NDJSON bodies.
 
 Ray serialises a `pyarrow.Table` with its own reducer, which re-cuts every offsets buffer in
 Python (`_copy_offsets_buffer_if_needed`): measured 3.5–5 ms to hand a 10,000-row W1 batch
@@ -10,6 +10,7 @@ without copying: 1.7–2.3 ms in all (benchmarks/RESULTS.md).
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
@@ -27,3 +28,12 @@ def unpack(packed: pa.Buffer) -> pl.DataFrame:
     frame = pl.from_arrow(pa.ipc.open_stream(packed).read_all())
     assert isinstance(frame, pl.DataFrame)
     return frame
+
+
+@dataclass(frozen=True)
+class Lines:
+    """An NDJSON sink's share of a batch, encoded by a worker (`encode_lines`): the writer
+    appends the body as it is, without reading it into a frame."""
+
+    body: pa.Buffer
+    rows: int

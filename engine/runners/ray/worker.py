@@ -37,7 +37,7 @@ import ray
 
 from engine.batch import PARTITION
 from engine.connectors import kafka_source
-from engine.connectors.encoding import preencode
+from engine.connectors.encoding import encode_lines, preencode
 from engine.connectors.kafka import KafkaSource
 from engine.errors import CheckpointError
 from engine.operators.base import Step
@@ -48,11 +48,11 @@ from engine.runners.ray.loop import BackgroundLoop
 from engine.runners.ray.ordering import TicketOrder, in_order
 from engine.runners.ray.splits import Split
 from engine.runners.ray.store import Manifest, RayCheckpointStore, StateFiles
-from engine.runners.ray.transfer import pack, unpack
+from engine.runners.ray.transfer import Lines, pack, unpack
 from engine.spec import FileSinkSpec, KafkaSourceSpec, PipelineSpec
 
 #: A batch's outputs as a worker returns them: sink name → packed frame (`transfer.pack`).
-Outputs = dict[str, pa.Buffer]
+Outputs = dict[str, pa.Buffer | Lines]
 
 
 def split_plan(plan: Plan) -> tuple[tuple[Step, ...], tuple[Step, ...]]:
@@ -86,7 +86,7 @@ class Worker:
             for name, sink in spec.sinks.items()
             if isinstance(sink, FileSinkSpec) and sink.format == "parquet"
         }
-        self.values_only = {
+        self.lines = {
             name
             for name, sink in spec.sinks.items()
             if isinstance(sink, FileSinkSpec) and sink.format == "ndjson"
@@ -292,17 +292,22 @@ class Worker:
         return [main[np.flatnonzero(owners == owner)] for owner in range(self.workers)]
 
     def _encode(self, routed: Routed) -> Outputs:
-        """Each sink's rows in one frame. With several workers, values are encoded here, in
-        parallel, so that the one sink writer does not become the bottleneck; with one, the
-        writer encodes them, on the core the worker leaves idle. Sinks that store columns
-        (Parquet) get columns either way."""
+        """Each sink's rows in one frame, or one NDJSON body. With several workers, values
+        are encoded here, in parallel, so that the one sink writer does not become the
+        bottleneck: an NDJSON sink's as the lines the writer appends, a Kafka sink's with the
+        envelope it produces them with. With one worker, the writer encodes them, on the
+        core the worker leaves idle. Sinks that store columns (Parquet) get columns."""
         started = time.perf_counter_ns()
         outputs: Outputs = {}
         for sink, frames in routed.items():
             frame = merged(frames)
-            if frame.height:
-                if self.workers > 1 and sink not in self.unencoded:
-                    frame = preencode(frame, envelope=sink not in self.values_only)
+            if not frame.height:
+                continue
+            if self.workers == 1 or sink in self.unencoded:
                 outputs[sink] = pack(frame)
+            elif sink in self.lines:
+                outputs[sink] = Lines(encode_lines(frame), frame.height)
+            else:
+                outputs[sink] = pack(preencode(frame))
         self.stage_ns["outputs"] += time.perf_counter_ns() - started
         return outputs

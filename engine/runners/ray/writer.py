@@ -3,8 +3,9 @@
 One writer per sink keeps each output what it is on the local runner: one file, or one
 producer per topic whose delivery offsets a checkpoint records and whose resume drops the
 records a restarted run produces again. With several workers, they encode values in
-parallel (`preencode`), so the writer mostly appends bytes (NDJSON) or hands them to the
-producer (Kafka); with one, the writer encodes them on the core the worker leaves idle.
+parallel, so the writer appends NDJSON bodies as they come (`Lines`) or hands preencoded
+values to the producer (Kafka); with one, the writer encodes them on the core the worker
+leaves idle.
 """
 
 from __future__ import annotations
@@ -14,18 +15,19 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Awaitable
 
-import polars as pl
 import pyarrow as pa
 import ray
 
 from engine.connectors import open_sink
 from engine.connectors.base import ResumableSink, Sink, SinkPosition, write_together
+from engine.connectors.files import NdjsonSink
 from engine.errors import CheckpointError
 from engine.runners.chain import merged
 from engine.runners.ray.loop import BackgroundLoop
 from engine.runners.ray.ordering import TicketOrder, in_order
-from engine.runners.ray.transfer import unpack
+from engine.runners.ray.transfer import Lines, unpack
 from engine.spec import PipelineSpec
 
 
@@ -65,16 +67,27 @@ class SinkWriter:
             raise RuntimeError(f"sink writer: batch {seq} after batch {self._written}")
         self._written = seq
         started = time.perf_counter_ns()
-        outputs: list[dict[str, pa.Buffer]] = ray.get(wrapped)
-        tables: dict[str, list[pl.DataFrame]] = defaultdict(list)
+        outputs: list[dict[str, pa.Buffer | Lines]] = ray.get(wrapped)
+        parts: dict[str, list[pa.Buffer | Lines]] = defaultdict(list)
         for output in outputs:
-            for sink, packed in output.items():
-                tables[sink].append(unpack(packed))
-        frames = {sink: merged(parts) for sink, parts in tables.items()}
-        writes = (self.sinks[name].write(frame) for name, frame in frames.items())
+            for sink, part in output.items():
+                parts[sink].append(part)
+        writes: list[Awaitable[None]] = []
+        rows: dict[str, int] = {}
+        for name, sink_parts in parts.items():
+            sink = self.sinks[name]
+            if isinstance(sink_parts[0], Lines):
+                assert isinstance(sink, NdjsonSink)
+                lines = [part for part in sink_parts if isinstance(part, Lines)]
+                writes.append(sink.append([part.body for part in lines]))
+                rows[name] = sum(part.rows for part in lines)
+            else:
+                frame = merged([unpack(part) for part in sink_parts if isinstance(part, pa.Buffer)])
+                writes.append(sink.write(frame))
+                rows[name] = frame.height
         self._io.run(write_together(writes))
         self.stage_ns["write"] += time.perf_counter_ns() - started
-        return {sink: frame.height for sink, frame in frames.items()}
+        return rows
 
     @in_order
     def positions(self, last_seq: int) -> dict[str, SinkPosition]:
