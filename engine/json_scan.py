@@ -35,7 +35,7 @@ class JsonScanner:
     """Reads JSON object values into the columns of `schema` (date-times as their text)."""
 
     def __init__(self, schema: Schema) -> None:
-        self._plan: list[tuple[int, bytes, bool, int]] = [(_STRUCT, b"", True, -1)]
+        self._plan: list[tuple[int, bytes, bool, int, tuple]] = [(_STRUCT, b"", True, -1, ())]
         self._entries: list[_Entry] = [_Entry(_STRUCT, pa.null(), ())]
         self._names = [node.name for node in schema.fields]
         self._columns = tuple(self._add(node, 0) for node in schema.fields)
@@ -45,10 +45,12 @@ class JsonScanner:
         """Append `node` and its descendants to the plan (pre-order); its plan index."""
         index = len(self._plan)
         kind = _KINDS.get(node.kind)
+        choices: tuple[bytes | int, ...] = ()
         if node.kind == "literal":
             kind = _STR if isinstance(node.choices[0], str) else _INT
+            choices = tuple(c.encode() if isinstance(c, str) else c for c in node.choices)
         assert kind is not None, node.kind
-        self._plan.append((kind, node.name.encode(), node.required, parent))
+        self._plan.append((kind, node.name.encode(), node.required, parent, choices))
         self._entries.append(_Entry(kind, pa.null(), ()))
         nested = node.children if kind == _STRUCT else (node.item,) if kind == _LIST else ()
         children = tuple(self._add(child, index) for child in nested if child is not None)

@@ -144,12 +144,11 @@ class Schema:
     # ---- vectorised checks, for the hot path -------------------------------------------
 
     def valid(self) -> pl.Expr:
-        """True where a decoded row satisfies every rule (patterns, choices, bounds, presence).
-
-        JSON types are the scanner's to check (`engine.json_scan`); these are the rules
-        about the values themselves.
-        """
-        return pl.all_horizontal(*_checks(self.fields, None)).fill_null(False)
+        """True where a row the scanner read satisfies the rules it does not check: patterns,
+        bounds and lengths. (Presence, JSON types and Literal choices are the scanner's,
+        `engine.json_scan`.)"""
+        checks = list(_checks(self.fields, None))
+        return pl.all_horizontal(*checks).fill_null(False) if checks else pl.lit(True)
 
     def datetimes_present(self) -> pl.Expr:
         """Per row, how many date-time values are not null (0 when the schema has none).
@@ -231,6 +230,11 @@ def _node(name: str, t: mi.Type, required: bool) -> Node:
     if isinstance(t, mi.LiteralType):
         if len({type(v) for v in t.values}) != 1:
             raise SchemaError(f"field {name!r}: Literal values must share one type, got {t.values}")
+        if isinstance(t.values[0], bool):
+            raise SchemaError(
+                f"field {name!r}: Literal values must be str or int, got {t.values}; "
+                "declare a bool field and check its value with a validate step"
+            )
         return Node(name, "literal", required, nullable, choices=tuple(t.values))
     if isinstance(t, mi.StructType):
         children = tuple(_field_node(f) for f in t.fields)
@@ -311,26 +315,20 @@ def _column(node: Node, parent: pl.Expr | None) -> pl.Expr:
 
 
 def _checks(nodes: tuple[Node, ...], parent: pl.Expr | None) -> Iterator[pl.Expr]:
+    """The value rules of `nodes` and their children; an absent value passes (presence is
+    the scanner's to check, as are JSON types and Literal choices)."""
     for node in nodes:
         column = _column(node, parent)
         rules = list(_value_rules(node, column))
         if rules:
-            ok = pl.all_horizontal(*rules)
-            # a null is fine only where the field may be absent or null
-            yield ok if node.required and not node.nullable else ok | column.is_null()
-        else:
-            yield column.is_not_null() if node.required and not node.nullable else pl.lit(True)
+            yield pl.all_horizontal(*rules) | column.is_null()
         if node.kind == "struct":
-            nested = list(_checks(node.children, column))
-            if nested:
-                yield column.is_null() | pl.all_horizontal(*nested)
+            yield from _checks(node.children, column)
 
 
 def _value_rules(node: Node, column: pl.Expr) -> Iterator[pl.Expr]:
     """Checks that a non-null value satisfies; each is null where the value is null."""
     if node.kind in ("int", "float", "number"):
-        if node.kind == "float":
-            yield column.is_finite()
         if node.ge is not None:
             yield column >= node.ge
         if node.gt is not None:
@@ -346,21 +344,15 @@ def _value_rules(node: Node, column: pl.Expr) -> Iterator[pl.Expr]:
             yield column.str.len_chars() >= node.min_length
         if node.max_length is not None:
             yield column.str.len_chars() <= node.max_length
-    elif node.kind == "literal":
-        yield column.is_in(list(node.choices))
     elif node.kind == "list":
         assert node.item is not None
         item_rules = list(_value_rules(node.item, pl.element()))
-        if not node.item.nullable:
-            item_rules.append(pl.element().is_not_null())
         if item_rules:
             yield column.list.eval(pl.all_horizontal(*item_rules)).list.all()
         if node.min_length is not None:
             yield column.list.len() >= node.min_length
         if node.max_length is not None:
             yield column.list.len() <= node.max_length
-    elif node.kind == "struct":
-        yield column.is_not_null()
 
 
 def _json_type(value: Any) -> str:

@@ -7,15 +7,17 @@
  *
  * It accepts a value only when it is sure the value is one JSON object that a conforming
  * parser (orjson) reads to exactly these columns: every declared field of the right JSON
- * type at most once, no other field, no explicit null, valid UTF-8. Anything else (not JSON,
- * a wrong type, an unknown field, a duplicate, a null, a lone surrogate, an integer out of
- * range) is not judged here: the value is marked unread and the codec's per-record path
- * gives the exact verdict and reason. Rules on values (patterns, choices, bounds) are not
- * checked here either; the codec checks them over whole columns.
+ * type at most once, no other field, no explicit null, valid UTF-8, a Literal's value one of
+ * its choices. Anything else (not JSON, a wrong type, an unknown field, a duplicate, a null,
+ * a lone surrogate, an integer out of range, a value not among the choices) is not judged
+ * here: the value is marked unread and the codec's per-record path gives the exact verdict
+ * and reason. Patterns, bounds and lengths are not checked here; the codec checks them over
+ * whole columns.
  *
  * Interface (engine._json.scan): scan(plan, data, offsets) with
- *   plan: a list of (kind, name: bytes, required: bool, parent: int) in pre-order; entry 0
- *         is the root object (kind STRUCT, parent -1); a LIST entry's one child is its item.
+ *   plan: a list of (kind, name: bytes, required: bool, parent: int, choices: tuple) in
+ *         pre-order; entry 0 is the root object (kind STRUCT, parent -1); a LIST entry's
+ *         one child is its item; `choices` are a Literal's values (bytes or ints), or ().
  *   data: the values' bytes (any buffer); offsets: int64 buffer of count + 1 positions.
  * returns (read, nodes): `read` one byte per value (1: read), and per plan entry a tuple
  *   (count, null_count, validity, offsets, values) where each buffer is (address, size,
@@ -35,6 +37,10 @@ typedef struct {
     int *children;
     int n_children;
     uint64_t seen; /* stamp of the object that last held this field */
+    int n_choices;  /* a Literal's values (0: any value of the kind) */
+    const char **choice_text;
+    Py_ssize_t *choice_len;
+    int64_t *choice_int;
     int64_t count, nulls;
     int64_t snap_count, snap_nulls;
     size_t snap_data;
@@ -406,9 +412,19 @@ static int read_value(Scan *s, Node *n, Cur *c) {
     if (c->p >= c->end) return -1;
     unsigned char ch = *c->p;
     switch (n->kind) {
-    case K_STR:
+    case K_STR: {
+        size_t start = n->data.len;
         if (ch != '"' || read_string(s, c, &n->data) < 0) return -1;
+        if (n->n_choices) {
+            size_t len = n->data.len - start;
+            int k = 0;
+            while (k < n->n_choices && !((size_t)n->choice_len[k] == len &&
+                                         !memcmp(n->choice_text[k], n->data.ptr + start, len)))
+                k++;
+            if (k == n->n_choices) return -1;
+        }
         return close_element(s, n, 1);
+    }
     case K_INT:
     case K_FLOAT:
     case K_NUMBER: {
@@ -419,6 +435,11 @@ static int read_value(Scan *s, Node *n, Cur *c) {
         if (read_number(c, &integral, &as_int, &int_ok, &as_double) < 0) return -1;
         if (n->kind == K_INT) {
             if (!int_ok) return -1;
+            if (n->n_choices) {
+                int k = 0;
+                while (k < n->n_choices && n->choice_int[k] != as_int) k++;
+                if (k == n->n_choices) return -1;
+            }
             if (push_i64(s, &n->data, as_int) < 0) return -1;
         } else {
             /* an integer reads as a conforming parser's int converted: -0 is 0 */
@@ -494,11 +515,51 @@ static int scan_values(Scan *s, const unsigned char *data, const int64_t *offset
 static void free_nodes(Node *nodes, int count) {
     for (int i = 0; i < count; i++) {
         free(nodes[i].children);
+        free(nodes[i].choice_text);
+        free(nodes[i].choice_len);
+        free(nodes[i].choice_int);
         free(nodes[i].valid.ptr);
         free(nodes[i].offsets.ptr);
         free(nodes[i].data.ptr);
     }
     free(nodes);
+}
+
+/* A Literal's values: bytes for a STR node, ints for an INT node (borrowed from the plan,
+ * which the caller keeps alive). */
+static int load_choices(Node *n, PyObject *choices) {
+    Py_ssize_t count = PyTuple_GET_SIZE(choices);
+    if (!count) return 0;
+    if ((n->kind != K_STR && n->kind != K_INT) || count > 100000) {
+        PyErr_SetString(PyExc_ValueError, "choices are for str and int fields, at most 100000");
+        return -1;
+    }
+    n->n_choices = (int)count;
+    if (n->kind == K_STR) {
+        n->choice_text = malloc(sizeof(char *) * (size_t)count);
+        n->choice_len = malloc(sizeof(Py_ssize_t) * (size_t)count);
+        if (!n->choice_text || !n->choice_len) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t k = 0; k < count; k++) {
+            char *text;
+            if (PyBytes_AsStringAndSize(PyTuple_GET_ITEM(choices, k), &text, &n->choice_len[k]))
+                return -1;
+            n->choice_text[k] = text;
+        }
+        return 0;
+    }
+    n->choice_int = malloc(sizeof(int64_t) * (size_t)count);
+    if (!n->choice_int) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        n->choice_int[k] = PyLong_AsLongLong(PyTuple_GET_ITEM(choices, k));
+        if (n->choice_int[k] == -1 && PyErr_Occurred()) return -1;
+    }
+    return 0;
 }
 
 static int load_plan(PyObject *plan, Scan *s) {
@@ -522,10 +583,12 @@ static int load_plan(PyObject *plan, Scan *s) {
     for (Py_ssize_t i = 0; i < count; i++) {
         Node *n = &s->nodes[i];
         int required;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(items, i), "iy#pi", &n->kind, &n->name,
-                              &n->name_len, &required, &parents[i]))
+        PyObject *choices;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(items, i), "iy#piO!", &n->kind, &n->name,
+                              &n->name_len, &required, &parents[i], &PyTuple_Type, &choices))
             goto fail;
         n->required = required;
+        if (load_choices(n, choices) < 0) goto fail;
         if (n->kind < K_STR || n->kind > K_LIST || parents[i] >= i || (i > 0) != (parents[i] >= 0)) {
             PyErr_Format(PyExc_ValueError, "plan entry %zd is malformed", i);
             goto fail;

@@ -37,6 +37,7 @@ class Record(msgspec.Struct):
     grid: list[list[int]] | None = None
     where: Point | None = None
     note: Annotated[str, msgspec.Meta(max_length=9)] | None = None
+    shade: Literal["dark", "light"] | None = None
 
 
 BASE = '"name":"a","count":1,"ratio":0.5,"size":2,"flag":true'
@@ -56,7 +57,7 @@ def read_one(members: str) -> dict[str, Any] | None:
 def test_reads_every_kind_of_field() -> None:
     row = read_one(
         BASE + ',"level":3,"tags":["x","y"],"points":[{"x":1},{"label":"b","x":2}],'
-        '"grid":[[1,2],[]],"where":{"x":-7},"note":"n"'
+        '"grid":[[1,2],[]],"where":{"x":-7},"note":"n","shade":"light"'
     )
     assert row == {
         "name": "a",
@@ -70,19 +71,15 @@ def test_reads_every_kind_of_field() -> None:
         "grid": [[1, 2], []],
         "where": {"x": -7, "label": None},
         "note": "n",
+        "shade": "light",
     }
 
 
 def test_absent_optional_fields_are_null() -> None:
     row = read_one(BASE)
     assert row is not None
-    assert (row["level"], row["tags"], row["points"], row["where"], row["note"]) == (
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    optional = ("level", "tags", "points", "where", "note", "shade")
+    assert [row[name] for name in optional] == [None] * len(optional)
 
 
 @pytest.mark.parametrize(
@@ -143,6 +140,9 @@ def test_numbers_read_as_a_conforming_parser_reads_them(
         BASE.replace('"name":"a"', '"name":"a\tb"'),  # a raw control character
         BASE + ",",
         BASE + ',"tags":["a",]',
+        BASE + ',"level":4',  # a Literal's value not among its choices
+        BASE + ',"shade":"dim"',
+        BASE + ',"shade":"dar"',
         '"name":"a"',  # required fields missing
     ],
 )
@@ -176,8 +176,8 @@ def test_escaped_and_reordered_field_names_are_read() -> None:
 
 def test_a_malformed_plan_is_refused() -> None:
     with pytest.raises(ValueError, match="root"):
-        _json.scan([(0, b"", True, -1)], b"", b"\0" * 8)
+        _json.scan([(0, b"", True, -1, ())], b"", b"\0" * 8)
     with pytest.raises(ValueError, match="list needs exactly one item"):
-        _json.scan([(5, b"", True, -1), (6, b"l", True, 0)], b"", b"\0" * 8)
+        _json.scan([(5, b"", True, -1, ()), (6, b"l", True, 0, ())], b"", b"\0" * 8)
     with pytest.raises(ValueError, match="outside the data"):
-        _json.scan([(5, b"", True, -1)], b"{}", memoryview(b"\0" * 8 + b"\x09" + b"\0" * 7))
+        _json.scan([(5, b"", True, -1, ())], b"{}", memoryview(b"\0" * 8 + b"\x09" + b"\0" * 7))

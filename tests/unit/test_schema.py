@@ -241,6 +241,19 @@ def test_mixed_literal_names_the_field_and_values() -> None:
     assert str(raised.value) == "field 'flag': Literal values must share one type, got (1, 'yes')"
 
 
+class BoolLiteral(msgspec.Struct):
+    accepted: Literal[True]
+
+
+def test_bool_literal_is_refused_with_what_to_declare_instead() -> None:
+    with pytest.raises(SchemaError) as raised:
+        Schema(BoolLiteral)
+    assert str(raised.value) == (
+        "field 'accepted': Literal values must be str or int, got (True,); "
+        "declare a bool field and check its value with a validate step"
+    )
+
+
 def test_union_other_than_optional_or_number_names_the_field() -> None:
     with pytest.raises(SchemaError) as raised:
         Schema(IntOrStr)
