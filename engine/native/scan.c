@@ -27,6 +27,10 @@
 
 #include <math.h>
 
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "same_name compares field names as little-endian words"
+#endif
+
 enum { K_STR = 0, K_INT = 1, K_FLOAT = 2, K_NUMBER = 3, K_BOOL = 4, K_STRUCT = 5, K_LIST = 6 };
 
 typedef struct {
@@ -34,6 +38,7 @@ typedef struct {
     int required;
     const char *name;
     Py_ssize_t name_len;
+    uint64_t name_word; /* a name of up to 8 bytes as one word (zero-padded), for compares */
     int *children;
     int n_children;
     uint64_t seen; /* stamp of the object that last held this field */
@@ -111,6 +116,26 @@ static int append_null(Scan *s, Node *n) {
         break;
     }
     return close_element(s, n, 0);
+}
+
+/* Field names and choices are short: a loop beats a call to memcmp. */
+static inline int same_bytes(const char *a, const unsigned char *b, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if ((unsigned char)a[i] != b[i]) return 0;
+    return 1;
+}
+
+/* Whether the `node->name_len` bytes at `name` are the node's name: one masked word
+ * compare for names of up to 8 bytes when 8 bytes can be read there. */
+static inline int same_name(const Node *node, const unsigned char *name, const unsigned char *end) {
+    Py_ssize_t n = node->name_len;
+    if (n <= 8 && end - name >= 8) {
+        uint64_t word;
+        memcpy(&word, name, 8);
+        uint64_t mask = n == 8 ? ~0ULL : (1ULL << (8 * n)) - 1;
+        return (word & mask) == node->name_word;
+    }
+    return same_bytes(node->name, name, n);
 }
 
 static inline void skip_ws(Cur *c) {
@@ -334,8 +359,7 @@ static int read_object(Scan *s, Node *n, Cur *c) {
     } else {
         for (;;) {
             if (c->p >= c->end || *c->p != '"') return -1;
-            const unsigned char *name = c->p + 1, *close = name;
-            while (close < c->end && *close != '"' && *close != '\\' && *close >= 0x20) close++;
+            const unsigned char *name = c->p + 1, *close = name + plain_run(name, c->end, 0);
             Py_ssize_t name_len = close - name;
             if (close < c->end && *close == '"') {
                 c->p = close + 1;
@@ -346,10 +370,10 @@ static int read_object(Scan *s, Node *n, Cur *c) {
                 name_len = (Py_ssize_t)s->name.len;
             }
             Node *field = NULL;
-            for (int k = 0; k < n->n_children; k++) {
-                int i = (hint + k) % n->n_children;
+            for (int k = 0, i = hint; k < n->n_children; k++, i++) {
+                if (i >= n->n_children) i = 0; /* from the field after the last one found */
                 Node *candidate = &s->nodes[n->children[i]];
-                if (candidate->name_len == name_len && !memcmp(candidate->name, name, name_len)) {
+                if (candidate->name_len == name_len && same_name(candidate, name, c->end)) {
                     field = candidate;
                     hint = i + 1;
                     break;
@@ -418,8 +442,9 @@ static int read_value(Scan *s, Node *n, Cur *c) {
         if (n->n_choices) {
             size_t len = n->data.len - start;
             int k = 0;
+            const unsigned char *text = (const unsigned char *)n->data.ptr + start;
             while (k < n->n_choices && !((size_t)n->choice_len[k] == len &&
-                                         !memcmp(n->choice_text[k], n->data.ptr + start, len)))
+                                         same_bytes(n->choice_text[k], text, (Py_ssize_t)len)))
                 k++;
             if (k == n->n_choices) return -1;
         }
@@ -588,6 +613,7 @@ static int load_plan(PyObject *plan, Scan *s) {
                               &n->name_len, &required, &parents[i], &PyTuple_Type, &choices))
             goto fail;
         n->required = required;
+        if (n->name_len <= 8) memcpy(&n->name_word, n->name, (size_t)n->name_len);
         if (load_choices(n, choices) < 0) goto fail;
         if (n->kind < K_STR || n->kind > K_LIST || parents[i] >= i || (i > 0) != (parents[i] >= 0)) {
             PyErr_Format(PyExc_ValueError, "plan entry %zd is malformed", i);
