@@ -58,6 +58,7 @@ _SESSION = "__session"
 _MAX_EVENT_TIME = "__max_event_time"
 _ROWS_SEEN = "__rows_seen"
 _ENTRY = "__entry"
+_CLOSED = "__closed"
 
 _FUNCTIONS = ("count", "sum", "min", "max", "mean", "first", "last", "count_distinct")
 _EXPECTED = "count(), sum(f), min(f), max(f), mean(f), first(f), last(f) or count_distinct(f)"
@@ -245,26 +246,38 @@ class _Window(Step, frozen=True, kw_only=True):
         if late.height:
             rows = rows.filter(~is_late)
 
-        units = self._assign(self._units(rows))
-        windows = self._coalesce(pl.concat([state.windows, units], how="diagonal_relaxed"))
+        # One lazy plan from the batch's rows to the open and the closed windows: each eager
+        # polars call costs ~0.1 ms here, so the dozen steps run as one query.
+        units = self._assign(self._units(rows.lazy()))
+        windows = self._coalesce(pl.concat([state.windows.lazy(), units], how="diagonal_relaxed"))
         # maintain_order: windows come out in order of their first row, a deterministic
         # order that costs less than sorting by key afterwards.
-        windows = windows.group_by(
-            PARTITION, *self._key_names(), WINDOW_START, WINDOW_END, maintain_order=True
-        ).agg(
-            pl.col(_FIRST_SEQUENCE).min(),
-            pl.col(_LAST_SEQUENCE).max(),
-            pl.col(_FIRST_KEY).get(pl.col(_FIRST_SEQUENCE).arg_min()),
-            *[expr for aggregate in self._aggregates() for expr in aggregate.merged()],
-        )
-        watermarks = state.partitions.select(
+        watermarks = state.partitions.lazy().select(
             PARTITION, (pl.col(_MAX_EVENT_TIME) - self.allowed_lateness_ms).alias(_WATERMARK)
         )
-        windows = windows.join(watermarks, on=PARTITION, how="left")
-        is_closed = self._closes_at() <= pl.col(_WATERMARK)
-        state.windows = windows.filter(~is_closed).drop(_WATERMARK)
+        windows = (
+            windows.group_by(
+                PARTITION, *self._key_names(), WINDOW_START, WINDOW_END, maintain_order=True
+            )
+            .agg(
+                pl.col(_FIRST_SEQUENCE).min(),
+                pl.col(_LAST_SEQUENCE).max(),
+                pl.col(_FIRST_KEY).get(pl.col(_FIRST_SEQUENCE).arg_min()),
+                *[expr for aggregate in self._aggregates() for expr in aggregate.merged()],
+            )
+            .join(watermarks, on=PARTITION, how="left", maintain_order="left")
+            .with_columns((self._closes_at() <= pl.col(_WATERMARK)).alias(_CLOSED))
+            .drop(_WATERMARK)
+            .cache()
+        )
+        state.windows, closed = pl.collect_all(
+            [
+                windows.filter(~pl.col(_CLOSED)).drop(_CLOSED),
+                self._emit(windows.filter(pl.col(_CLOSED))),
+            ]
+        )
 
-        outputs: Outputs = {MAIN: self._emit(windows.filter(is_closed))}
+        outputs: Outputs = {MAIN: closed}
         rejected = [(untimed, f"event time {self.event_time!r} is null")]
         if self.late is None:
             rejected.append((late, LATE_REASON))
@@ -322,7 +335,7 @@ class _Window(Step, frozen=True, kw_only=True):
         )
         return rows.with_columns(pl.Series(_SEQUENCE, sequence), pl.Series(_WATERMARK, watermark))
 
-    def _units(self, rows: pl.DataFrame) -> pl.DataFrame:
+    def _units(self, rows: pl.LazyFrame) -> pl.LazyFrame:
         """One partial aggregate per on-time row: keys, event time, accumulators."""
         aggregates = self._aggregates()
         values = rows.select(
@@ -338,16 +351,17 @@ class _Window(Step, frozen=True, kw_only=True):
             pl.col(KEY).alias(_FIRST_KEY),
             *[column(a.field).alias(a.name) for a in aggregates if a.field is not None],
         )
+        schema = values.collect_schema()
         return values.select(
             pl.exclude(list(self.aggregates)),
             *[
                 expr
                 for a in aggregates
-                for expr in a.initial(pl.col(a.name), values.schema.get(a.name, pl.Null()))
+                for expr in a.initial(pl.col(a.name), schema.get(a.name, pl.Null()))
             ],
         )
 
-    def _emit(self, closed: pl.DataFrame) -> pl.DataFrame:
+    def _emit(self, closed: pl.LazyFrame) -> pl.LazyFrame:
         return closed.select(
             *self._key_names(),
             WINDOW_START,
@@ -366,11 +380,11 @@ class _Window(Step, frozen=True, kw_only=True):
         """End of the last window a row at `event_time` belongs to (late if ≤ watermark)."""
         raise NotImplementedError
 
-    def _assign(self, units: pl.DataFrame) -> pl.DataFrame:
+    def _assign(self, units: pl.LazyFrame) -> pl.LazyFrame:
         """Give each unit its window(s) still open under its watermark (`window_start/end`)."""
         raise NotImplementedError
 
-    def _coalesce(self, windows: pl.DataFrame) -> pl.DataFrame:
+    def _coalesce(self, windows: pl.LazyFrame) -> pl.LazyFrame:
         """Relabel units that belong together with one (start, end); fixed windows already do."""
         return windows
 
@@ -417,7 +431,7 @@ class TumblingWindow(_Window, tag="tumbling_window"):
     def _latest_end(self, event_time: pl.Expr) -> pl.Expr:
         return event_time // self.size_ms * self.size_ms + self.size_ms
 
-    def _assign(self, units: pl.DataFrame) -> pl.DataFrame:
+    def _assign(self, units: pl.LazyFrame) -> pl.LazyFrame:
         start = pl.col(_EVENT_TIME) // self.size_ms * self.size_ms
         return units.with_columns(
             start.alias(WINDOW_START), (start + self.size_ms).alias(WINDOW_END)
@@ -464,7 +478,7 @@ class SlidingWindow(_Window, tag="sliding_window"):
     def _latest_end(self, event_time: pl.Expr) -> pl.Expr:
         return event_time // self.slide_ms * self.slide_ms + self.size_ms
 
-    def _assign(self, units: pl.DataFrame) -> pl.DataFrame:
+    def _assign(self, units: pl.LazyFrame) -> pl.LazyFrame:
         first = (pl.col(_EVENT_TIME) - self.size_ms) // self.slide_ms + 1
         last = pl.col(_EVENT_TIME) // self.slide_ms
         start = pl.col(WINDOW_START) * self.slide_ms
@@ -508,13 +522,13 @@ class SessionWindow(_Window, tag="session_window"):
     def _latest_end(self, event_time: pl.Expr) -> pl.Expr:
         return event_time + self.gap_ms
 
-    def _assign(self, units: pl.DataFrame) -> pl.DataFrame:
+    def _assign(self, units: pl.LazyFrame) -> pl.LazyFrame:
         return units.with_columns(
             pl.col(_EVENT_TIME).alias(WINDOW_START),
             (pl.col(_EVENT_TIME) + self.gap_ms).alias(WINDOW_END),
         ).drop(_EVENT_TIME, _WATERMARK)
 
-    def _coalesce(self, windows: pl.DataFrame) -> pl.DataFrame:
+    def _coalesce(self, windows: pl.LazyFrame) -> pl.LazyFrame:
         keys = [PARTITION, *self._key_names()]
         ordered = windows.sort(*keys, WINDOW_START)
         reach = pl.col(WINDOW_END).cum_max().shift(1).over(keys)
