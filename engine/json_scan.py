@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from engine import _json
+from engine import _native
 from engine.batch import value_buffers
 from engine.schema import Node, Schema
 
@@ -72,7 +72,7 @@ class JsonScanner:
     def scan(self, values: pa.LargeBinaryArray) -> tuple[pa.RecordBatch, np.ndarray]:
         """The schema's columns for `values`, and per value whether it was read."""
         offsets, data = value_buffers(values)
-        read, nodes = _json.scan(self._plan, data, offsets)
+        read, nodes = _native.scan(self._plan, data, offsets)
         arrays = [self._array(index, nodes) for index in self._columns]
         return (
             pa.RecordBatch.from_arrays(arrays, names=self._names),

@@ -13,7 +13,7 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from engine import _json
+from engine import _native
 from engine.json_scan import arrow_buffer
 
 # The writer's column kinds (the enum at the top of engine/native/write.c).
@@ -51,7 +51,7 @@ def write_json(frame: pl.DataFrame, columns: list[str]) -> tuple[pl.Series, pl.S
     for name, column in zip(table.column_names, table.columns, strict=True):
         array = column.chunk(0) if column.num_chunks else pa.array([], column.type)
         _add(plan, keep, array, _key(name), 0, _RAW if name in raw else None)
-    offsets, data = _json.write(plan, frame.height)
+    offsets, data = _native.write(plan, frame.height)
     values = pa.Array.from_buffers(
         pa.large_string(), frame.height, [None, arrow_buffer(offsets), arrow_buffer(data)]
     )

@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine import _json
+from engine import _native
 from engine.batch import (
     HEADER_ARROW_TYPE,
     HEADER_DTYPE,
@@ -97,7 +97,7 @@ class NdjsonSource:
 def _split_lines(data: memoryview | bytes, *, final: bool) -> tuple[pa.LargeBinaryArray, int]:
     """The lines of `data` as values, without their newlines (nor a `\r` before one), and
     how many bytes they took; with `final`, text after the last newline is a line too."""
-    count, consumed, offsets, values = _json.split_lines(data, final)
+    count, consumed, offsets, values = _native.split_lines(data, final)
     lines = pa.LargeBinaryArray.from_buffers(
         pa.large_binary(), count, [None, arrow_buffer(offsets), arrow_buffer(values)]
     )

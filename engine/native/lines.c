@@ -3,7 +3,7 @@
  * Why it exists: splitting 8 MiB blocks with numpy and `bytes.replace` made several passes
  * over the bytes and cost W1 about 0.3 µs per line; this is one memchr and one copy.
  *
- * Interface (engine._json.split_lines): split_lines(data, final) → (count, consumed,
+ * Interface (engine._native.split_lines): split_lines(data, final) → (count, consumed,
  * offsets, values): the lines of `data` ended by '\n' (a '\r' before it is dropped too),
  * as a large_binary array's int64 offsets and values, each (address, size, owner). With
  * `final`, text after the last newline is a line as well. `consumed` is how many bytes of

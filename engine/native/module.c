@@ -1,10 +1,11 @@
-/* engine._json: the native JSON scanner (scan.c), writer (write.c) and NDJSON line
- * splitter (lines.c). */
+/* engine._native: the JSON scanner (scan.c), writer (write.c), NDJSON line splitter
+ * (lines.c) and the dedup step's id index (ids.c). */
 #include "buffer.h"
 
 PyObject *json_scan(PyObject *self, PyObject *args);
 PyObject *json_write(PyObject *self, PyObject *args);
 PyObject *json_split_lines(PyObject *self, PyObject *args);
+extern PyTypeObject IdIndexType;
 
 static void free_capsule(PyObject *capsule) { free(PyCapsule_GetPointer(capsule, "conflux")); }
 
@@ -27,8 +28,19 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_json",
-                                    "Conflux's native JSON scanner and writer (engine/native).",
-                                    -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",
+                                    "Conflux's native hot-path code (engine/native).", -1,
+                                    methods};
 
-PyMODINIT_FUNC PyInit__json(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void) {
+    if (PyType_Ready(&IdIndexType) < 0) return NULL;
+    PyObject *created = PyModule_Create(&module);
+    if (!created) return NULL;
+    Py_INCREF(&IdIndexType);
+    if (PyModule_AddObject(created, "IdIndex", (PyObject *)&IdIndexType) < 0) {
+        Py_DECREF(&IdIndexType);
+        Py_DECREF(created);
+        return NULL;
+    }
+    return created;
+}

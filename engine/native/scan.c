@@ -14,7 +14,7 @@
  * and reason. Patterns, bounds and lengths are not checked here; the codec checks them over
  * whole columns.
  *
- * Interface (engine._json.scan): scan(plan, data, offsets) with
+ * Interface (engine._native.scan): scan(plan, data, offsets) with
  *   plan: a list of (kind, name: bytes, required: bool, parent: int, choices: tuple) in
  *         pre-order; entry 0 is the root object (kind STRUCT, parent -1); a LIST entry's
  *         one child is its item; `choices` are a Literal's values (bytes or ints), or ().

@@ -11,7 +11,7 @@
  * integral values; a fixed-point fast path covers the usual magnitudes); RAW columns hold
  * JSON text made elsewhere and are copied.
  *
- * Interface (engine._json.write): write(plan, rows) with
+ * Interface (engine._native.write): write(plan, rows) with
  *   plan: a list of (kind, key, parent, validity, offsets, values, offset) in pre-order;
  *         entry 0 is the row (kind STRUCT, parent -1); `key` is the member's JSON name with
  *         its quotes and colon (b'"id":'); validity/offsets/values are buffer addresses

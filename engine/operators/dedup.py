@@ -7,139 +7,93 @@ from typing import Annotated
 import msgspec
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
-from engine.batch import PARTITION
+from engine import _native
+from engine.batch import PARTITION, value_buffers
 from engine.operators.base import MAIN, Outputs, Step, column, require_fields
 
 _TS = "__ts"
 _KIND = "kind"
-_SEEDS = (0x5EED_0001, 0x5EED_0002)
-#: How far the id log may outgrow the index before it is compacted (rows).
-LOG_SLACK_ROWS = 200_000
 
 
 class DedupState:
     """Per partition: the largest event time seen, and each id's last emission time.
 
-    The lookup index is numpy arrays sorted by a 128-bit hash of (partition, id): two
-    64-bit hashes, so a lookup is a binary search and two ids are confused only if both
-    hashes collide (about 2^-128 per pair). Beside it, a log of the emitted ids themselves
-    makes snapshots independent of the hash function, so they restore under any version.
+    Held by a native index (`engine/native/ids.c`): a hash table over the emissions in
+    emission order, ids compared byte for byte, so two ids are never confused. Entries older
+    than their partition's largest event time minus the horizon can never cause a drop again
+    (the largest time only grows) and are dropped whenever the index has doubled since it
+    last did: memory is bounded by about twice the ids emitted within one horizon.
 
-    Entries older than their partition's largest event time minus the horizon are evicted
-    (they can never cause a drop again, as the largest time only grows): memory is bounded
-    by the ids emitted within one horizon.
+    A key is the id's text; with several `on` fields, the JSON object of their texts.
+    Snapshots hold the ids themselves, so they restore under any version.
     """
 
     def __init__(self, on: tuple[str, ...], horizon_ms: int) -> None:
         self.on = on
         self.horizon_ms = horizon_ms
-        self.max_time: dict[int, int] = {}
-        self.hashes = np.empty(0, np.uint64)  # sorted
-        self.checks = np.empty(0, np.uint64)  # second hash, aligned with `hashes`
-        self.times = np.empty(0, np.int64)  # last emission time, aligned
-        self.partitions = np.empty(0, np.int32)  # aligned
-        self._log: list[pl.DataFrame] = []
-        self._log_rows = 0
-        self._size_after_eviction = 0
+        self.index = _native.IdIndex(horizon_ms)
 
-    # ---- lookups and updates --------------------------------------------------------------
-
-    def find(self, hashes: np.ndarray, checks: np.ndarray) -> np.ndarray:
-        """Index of each (hash, check) in the index, or -1."""
-        positions = np.searchsorted(self.hashes, hashes)
-        if not len(self.hashes):
-            return np.full(len(hashes), -1, np.int64)
-        inside = positions < len(self.hashes)
-        clipped = np.where(inside, positions, 0)
-        found = inside & (self.hashes[clipped] == hashes) & (self.checks[clipped] == checks)
-        # a first-hash collision puts the match after `positions`: look further, rarely
-        for row in np.flatnonzero(inside & ~found & (self.hashes[clipped] == hashes)):
-            position = positions[row]
-            while position < len(self.hashes) and self.hashes[position] == hashes[row]:
-                if self.checks[position] == checks[row]:
-                    found[row], positions[row] = True, position
-                    break
-                position += 1
-        return np.where(found, positions, -1)
-
-    def record(
-        self,
-        emitted: pl.DataFrame,
-        hashes: np.ndarray,
-        checks: np.ndarray,
-        times: np.ndarray,
-        partitions: np.ndarray,
-        where: np.ndarray,
-    ) -> None:
-        """Make these emissions (one per key, latest) the ones later repeats compare with;
-        `where` is each one's index position (`find`), -1 for keys not in the index."""
-        known = where >= 0
-        self.times[where[known]] = times[known]
-        new = ~known
-        if new.any():
-            order = np.argsort(hashes[new], kind="stable")
-            new_hashes = hashes[new][order]
-            at = np.searchsorted(self.hashes, new_hashes)
-            self.hashes = np.insert(self.hashes, at, new_hashes)
-            self.checks = np.insert(self.checks, at, checks[new][order])
-            self.times = np.insert(self.times, at, times[new][order])
-            self.partitions = np.insert(self.partitions, at, partitions[new][order])
-        self._log.append(emitted)
-        self._log_rows += emitted.height
-        # Evict when the index has doubled since the last eviction: amortised O(1) per entry.
-        if len(self.hashes) > 2 * self._size_after_eviction + 16_384:
-            self._evict()
-
-    def _evict(self) -> None:
-        floor = np.full(len(self.partitions), np.iinfo(np.int64).min, np.int64)
-        for partition, latest in self.max_time.items():
-            floor[self.partitions == partition] = latest - self.horizon_ms
-        keep = self.times >= floor
-        self.hashes, self.checks = self.hashes[keep], self.checks[keep]
-        self.times, self.partitions = self.times[keep], self.partitions[keep]
-        self._size_after_eviction = len(self.hashes)
-        if self._log_rows > 4 * len(self.hashes) + LOG_SLACK_ROWS:
-            self._log = [self._emitted_within_horizon()]
-            self._log_rows = self._log[0].height
+    def keep(self, rows: pl.DataFrame) -> np.ndarray:
+        """Apply the rule to `rows` (partition, `on` fields as text, event time) in order:
+        which are kept. Kept rows with an id become the emissions later repeats meet."""
+        keys = _keys(rows, self.on)
+        identified = None
+        if any(rows[name].null_count() for name in self.on):
+            # an event with a null id cannot be identified: it passes, and is not remembered
+            missing = rows.select(pl.any_horizontal(pl.col(self.on).is_null())).to_series()
+            identified = (~missing).to_numpy().view(np.uint8)
+        offsets, data = value_buffers(keys)
+        kept = self.index.process(
+            _contiguous(rows[PARTITION], np.int32),
+            _contiguous(rows[_TS], np.int64),
+            offsets,
+            data,
+            identified,
+        )
+        return np.frombuffer(kept, np.bool_)
 
     # ---- snapshots ------------------------------------------------------------------------
 
     def snapshot(self) -> pl.DataFrame:
-        """Emitted ids still within the horizon with their time, plus one row per partition
-        holding its largest event time (its id columns null)."""
+        """Emitted ids still within the horizon with their time, in emission order, plus one
+        row per partition holding its largest event time (its id columns null)."""
+        partitions, times, offsets, data = self.index.entries()
+        count = len(partitions) // 4
+        keys = pa.Array.from_buffers(
+            pa.large_string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        )
+        emitted = pl.DataFrame(
+            {
+                PARTITION: np.frombuffer(partitions, np.int32),
+                **self._fields(pl.Series(_KEY, keys)),
+                _TS: np.frombuffer(times, np.int64),
+            }
+        )
+        largest = self.index.largest()
+        maxima = pl.DataFrame(
+            {
+                PARTITION: [partition for partition, _ in largest],
+                _TS: [time for _, time in largest],
+            },
+            schema={PARTITION: pl.Int32, _TS: pl.Int64},
+        )
         # `kind` tells the rows apart: an emitted id may itself be null
         return pl.concat(
             [
-                self._emitted_within_horizon().with_columns(pl.lit("emitted").alias(_KIND)),
-                self._maxima().select(
-                    PARTITION, pl.col("max_time").alias(_TS), pl.lit("max").alias(_KIND)
-                ),
+                emitted.with_columns(pl.lit("emitted").alias(_KIND)),
+                maxima.with_columns(pl.lit("max").alias(_KIND)),
             ],
             how="diagonal_relaxed",
         )
 
-    def _maxima(self) -> pl.DataFrame:
-        return pl.DataFrame(
-            {PARTITION: list(self.max_time), "max_time": list(self.max_time.values())},
-            schema={PARTITION: pl.Int32, "max_time": pl.Int64},
-        )
-
-    def _emitted_within_horizon(self) -> pl.DataFrame:
-        """The log reduced to each id's last emission, dropping those past the horizon."""
-        emitted = (
-            pl.concat(self._log)
-            if self._log
-            else pl.DataFrame(
-                schema={PARTITION: pl.Int32, **dict.fromkeys(self.on, pl.String), _TS: pl.Int64}
-            )
-        )
-        return (
-            emitted.unique(subset=[PARTITION, *self.on], keep="last", maintain_order=True)
-            .join(self._maxima(), on=PARTITION, how="left")
-            .filter(pl.col(_TS) >= pl.col("max_time") - self.horizon_ms)
-            .drop("max_time")
-        )
+    def _fields(self, keys: pl.Series) -> dict[str, pl.Series]:
+        """The `on` columns of keys made by `_keys`."""
+        if len(self.on) == 1:
+            return {self.on[0]: keys.alias(self.on[0])}
+        dtype = pl.Struct(dict.fromkeys(self.on, pl.String))
+        return keys.str.json_decode(dtype).struct.unnest().to_dict()
 
     def restore(self, table: pl.DataFrame) -> None:
         if _KIND in table.columns:
@@ -148,26 +102,38 @@ class DedupState:
         else:  # a snapshot from before `kind`
             ids_null = pl.all_horizontal(pl.col(name).is_null() for name in self.on)
             is_max = table.select(ids_null).to_series()
-        fresh = DedupState(self.on, self.horizon_ms)
-        fresh.max_time = dict(table.filter(is_max).select(PARTITION, _TS).iter_rows())
-        emitted = table.filter(~is_max)
-        hashes, checks = _hashes(emitted, self.on)
-        fresh.record(
-            emitted,
-            hashes,
-            checks,
-            emitted[_TS].to_numpy(),
-            emitted[PARTITION].to_numpy(),
-            np.full(emitted.height, -1),
+        index = _native.IdIndex(self.horizon_ms)
+        for partition, largest in table.filter(is_max).select(PARTITION, _TS).iter_rows():
+            index.set_largest(partition, largest)
+        emitted = table.filter(~is_max).select(
+            pl.col(PARTITION).cast(pl.Int32),
+            *[pl.col(name).cast(pl.String) for name in self.on],
+            pl.col(_TS).cast(pl.Int64),
         )
-        self.__dict__.update(fresh.__dict__)
+        offsets, data = value_buffers(_keys(emitted, self.on))
+        index.remember(
+            _contiguous(emitted[PARTITION], np.int32),
+            _contiguous(emitted[_TS], np.int64),
+            offsets,
+            data,
+        )
+        self.index = index
 
 
-def _hashes(rows: pl.DataFrame, on: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Two independent 64-bit hashes of (partition, *on) per row."""
-    identity = pl.struct(PARTITION, *on)
-    hashed = rows.select(*(identity.hash(seed).alias(str(seed)) for seed in _SEEDS))
-    return hashed[:, 0].to_numpy(), hashed[:, 1].to_numpy()
+_KEY = "__key"
+
+
+def _keys(rows: pl.DataFrame, on: tuple[str, ...]) -> pa.LargeStringArray:
+    """Each row's key: the id's text, or with several fields the JSON object of theirs."""
+    key = pl.col(on[0]) if len(on) == 1 else pl.struct(*on).struct.json_encode()
+    keys = rows.select(key.alias(_KEY)).to_series().to_arrow()
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    return keys.cast(pa.large_binary())
+
+
+def _contiguous(series: pl.Series, dtype: type[np.generic]) -> np.ndarray:
+    return np.ascontiguousarray(series.to_numpy(), dtype)
 
 
 class Dedup(Step, tag="dedup"):
@@ -181,9 +147,9 @@ class Dedup(Step, tag="dedup"):
     becomes the one later repeats are compared with. This is W1's rule, and makes
     redeliveries of at-least-once sources idempotent.
 
-    Cost: a binary search per event in an index of the ids emitted within the horizon
-    (memory bounded by them); ids repeated inside one batch, the rare case, are resolved
-    in order one by one. Order of kept rows is preserved.
+    Cost: one hash-table lookup per event, in native code, in an index of the ids emitted
+    within the horizon (memory bounded by about twice them). Order of kept rows is
+    preserved.
 
     Args:
         on: the fields identifying an event (their text values are compared).
@@ -224,87 +190,5 @@ class Dedup(Step, tag="dedup"):
             *[column(name).cast(pl.String).alias(name) for name in self.on],
             column(self.event_time).cast(pl.Int64).alias(_TS),
         )
-        partitions = rows[PARTITION].to_numpy()
-        times = rows[_TS].to_numpy()
-        running_max = self._running_max(partitions, times, state)
-        hashes, checks = _hashes(rows, self.on)
-        _, group, counts = np.unique(hashes, return_inverse=True, return_counts=True)
-        repeated = counts[group] > 1
-        previous = state.find(hashes, checks)
-        previous_time = np.full(len(previous), np.iinfo(np.int64).min, np.int64)
-        previous_time[previous >= 0] = state.times[previous[previous >= 0]]
-        keep = ~((previous >= 0) & (previous_time >= running_max - self.horizon_ms))
-        superseded: list[int] = []
-        if repeated.any():
-            superseded = self._resolve_repeats(
-                np.flatnonzero(repeated), keep, hashes, checks, times, running_max, previous_time
-            )
-        # an event with a null id cannot be identified: it passes, and is not remembered
-        forgotten = superseded
-        if any(rows[name].null_count() for name in self.on):
-            unidentified = pl.any_horizontal(pl.col(self.on).is_null())
-            unknown = rows.select(unidentified).to_series().to_numpy()
-            keep[unknown] = True
-            forgotten = [*superseded, *np.flatnonzero(unknown).tolist()]
-        kept = np.flatnonzero(keep)
-        # the last emission per key is the one later repeats compare with
-        remembered = kept
-        if forgotten:
-            remember = keep.copy()
-            remember[forgotten] = False
-            remembered = np.flatnonzero(remember)
-        state.record(
-            rows[remembered],
-            hashes[remembered],
-            checks[remembered],
-            times[remembered],
-            partitions[remembered],
-            previous[remembered],
-        )
-        return {MAIN: batch if len(kept) == batch.height else batch[kept]}
-
-    def _running_max(
-        self, partitions: np.ndarray, times: np.ndarray, state: DedupState
-    ) -> np.ndarray:
-        """Per row, the largest event time of its partition so far, this row included."""
-        running = np.empty_like(times)
-        for partition in np.unique(partitions).tolist():
-            rows = partitions == partition
-            seen = np.maximum.accumulate(times[rows])
-            before = state.max_time.get(partition)
-            if before is not None:
-                seen = np.maximum(seen, before)
-            running[rows] = seen
-            state.max_time[partition] = int(seen[-1])
-        return running
-
-    def _resolve_repeats(
-        self,
-        rows: np.ndarray,
-        keep: np.ndarray,
-        hashes: np.ndarray,
-        checks: np.ndarray,
-        times: np.ndarray,
-        running_max: np.ndarray,
-        previous_time: np.ndarray,
-    ) -> list[int]:
-        """Decide ids occurring more than once in the batch, in order: each occurrence is
-        compared with the last emitted one (earlier in the batch, or from the state).
-
-        Returns the emitted rows that a later emission of the same id supersedes.
-        """
-        last_emitted: dict[tuple[int, int], tuple[int, int]] = {}  # key → (time, row)
-        superseded: list[int] = []
-        floor = np.iinfo(np.int64).min
-        for row in rows.tolist():
-            key = (int(hashes[row]), int(checks[row]))
-            emitted_here = last_emitted.get(key)
-            before = emitted_here[0] if emitted_here else int(previous_time[row])
-            if before != floor and before >= running_max[row] - self.horizon_ms:
-                keep[row] = False
-            else:
-                keep[row] = True
-                if emitted_here:
-                    superseded.append(emitted_here[1])
-                last_emitted[key] = (int(times[row]), row)
-        return superseded
+        keep = state.keep(rows)
+        return {MAIN: batch if keep.all() else batch.filter(pl.Series(keep))}
