@@ -44,6 +44,32 @@ def write_json(frame: pl.DataFrame, columns: list[str]) -> tuple[pl.Series, pl.S
         text_nulls = frame.select(
             pl.any_horizontal(pl.col(raw).str.contains(":null", literal=True)).fill_null(False)
         ).to_series()
+    offsets, data = _write(frame, raw, b"")
+    values = pa.Array.from_buffers(
+        pa.large_string(), frame.height, [None, arrow_buffer(offsets), arrow_buffer(data)]
+    )
+    return pl.Series("value", values), text_nulls
+
+
+def write_json_lines(frame: pl.DataFrame, columns: list[str]) -> pa.Buffer | None:
+    """The rows as `write_json` writes them, each followed by a newline: an NDJSON body,
+    written straight into one buffer. None when a column is not written natively (its
+    nested nulls need `write_json`'s fix-up)."""
+    if not columns:
+        return pa.py_buffer(b"{}\n" * frame.height)
+    frame = frame[columns]
+    if not all(_writes_natively(dtype) for dtype in frame.schema.values()):
+        return None
+    if frame.height == 0:
+        return pa.py_buffer(b"")
+    _, data = _write(frame, [], b"\n")
+    return arrow_buffer(data)
+
+
+def _write(
+    frame: pl.DataFrame, raw: list[str], terminator: bytes
+) -> tuple[tuple[int, int, object], tuple[int, int, object]]:
+    """The native writer's (offsets, data) for `frame`'s rows; `raw` columns hold JSON text."""
     # polars' own string views, not a copy of them as large_string
     table = frame.to_arrow(compat_level=pl.CompatLevel.newest()).combine_chunks()
     keep: list[object] = []  # what the plan points into must outlive the call
@@ -51,11 +77,7 @@ def write_json(frame: pl.DataFrame, columns: list[str]) -> tuple[pl.Series, pl.S
     for name, column in zip(table.column_names, table.columns, strict=True):
         array = column.chunk(0) if column.num_chunks else pa.array([], column.type)
         _add(plan, keep, array, _key(name), 0, _RAW if name in raw else None)
-    offsets, data = _native.write(plan, frame.height)
-    values = pa.Array.from_buffers(
-        pa.large_string(), frame.height, [None, arrow_buffer(offsets), arrow_buffer(data)]
-    )
-    return pl.Series("value", values), text_nulls
+    return _native.write(plan, frame.height, terminator)
 
 
 def _writes_natively(dtype: pl.DataType) -> bool:

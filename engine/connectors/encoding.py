@@ -17,7 +17,7 @@ from engine.batch import (
     VALUE,
     newline_terminated,
 )
-from engine.codec import encode_json
+from engine.codec import encode_json, encode_json_lines
 
 #: What sinks read besides a record's value: its key, headers and a dead letter's origin.
 _CARRIED = (KEY, HEADERS, REASON, STAGE, PARTITION, OFFSET)
@@ -52,6 +52,8 @@ def encode_values(frame: pl.DataFrame) -> pl.Series:
 
 def encode_lines(frame: pl.DataFrame) -> pa.Buffer:
     """The rows' values as an NDJSON body: each value followed by a newline."""
+    if VALUE not in frame.columns and not is_dead_letter(frame):
+        return encode_json_lines(frame)
     values = encode_values(frame).to_arrow().cast(pa.large_binary())
     return pa.py_buffer(newline_terminated(values))
 

@@ -22,7 +22,7 @@ static PyMethodDef methods[] = {
     {"scan", json_scan, METH_VARARGS,
      "scan(plan, data, offsets) -> (read, nodes): JSON object values to Arrow buffers."},
     {"write", json_write, METH_VARARGS,
-     "write(plan, rows) -> (offsets, data): Arrow columns to one JSON object per row."},
+     "write(plan, rows, terminator) -> (offsets, data): Arrow columns to JSON objects."},
     {"split_lines", json_split_lines, METH_VARARGS,
      "split_lines(data, final) -> (count, consumed, offsets, values): NDJSON lines."},
     {NULL, NULL, 0, NULL},

@@ -19,6 +19,8 @@
  *         children are offset as the struct is (pyarrow's StructArray.field); a list's item
  *         is its whole values array. The caller keeps the arrays alive for the call.
  *   rows: how many rows.
+ *   terminator: bytes written after each row, inside its value (b"\n" makes the data an
+ *         NDJSON body as it is, with no join afterwards).
  * returns (offsets, data), each (address, size, owner): a large_string array's buffers.
  */
 #include "buffer.h"
@@ -316,8 +318,9 @@ fail:
 
 PyObject *json_write(PyObject *self, PyObject *args) {
     PyObject *plan, *result = NULL;
-    Py_ssize_t rows, count = 0;
-    if (!PyArg_ParseTuple(args, "On", &plan, &rows)) return NULL;
+    Py_ssize_t rows, count = 0, terminator_len;
+    const char *terminator;
+    if (!PyArg_ParseTuple(args, "Ony#", &plan, &rows, &terminator, &terminator_len)) return NULL;
     Writer w = {0};
     Buf offsets = {0};
     if (rows < 0) {
@@ -334,6 +337,8 @@ PyObject *json_write(PyObject *self, PyObject *args) {
     const Column *row = &w.columns[0];
     for (Py_ssize_t r = 0; r < rows && !w.failed; r++) {
         write_object(&w, row, r);
+        if (terminator_len && buf_push(&w.out, terminator, (size_t)terminator_len) < 0)
+            w.failed = 1;
         ends[r + 1] = (int64_t)w.out.len;
     }
     if (w.failed) {

@@ -10,12 +10,15 @@ import polars as pl
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.json_write import write_json
+from engine.json_write import write_json, write_json_lines
 
 
 def written(frame: pl.DataFrame) -> list[str]:
     values, _ = write_json(frame, frame.columns)
     assert values.dtype == pl.String and values.len() == frame.height
+    body = write_json_lines(frame, frame.columns)
+    if body is not None:  # the NDJSON body holds the same values, each ended by a newline
+        assert body.to_pybytes().decode() == "".join(f"{value}\n" for value in values)
     return values.to_list()
 
 
@@ -116,3 +119,11 @@ def test_no_rows_and_no_columns() -> None:
     assert written(pl.DataFrame({"s": []}, schema={"s": pl.String})) == []
     values, _ = write_json(pl.DataFrame({"s": ["x"], "_key": [b"k"]}), [])
     assert values.to_list() == ["{}"]
+
+
+def test_lines_are_left_to_write_json_when_a_column_is_written_as_text() -> None:
+    frame = pl.DataFrame({"at": [datetime(2026, 1, 1, tzinfo=UTC)], "n": [1]})
+    assert write_json_lines(frame, frame.columns) is None
+    assert write_json_lines(frame, ["n"]).to_pybytes() == b'{"n":1}\n'
+    assert write_json_lines(frame, []).to_pybytes() == b"{}\n"
+    assert write_json_lines(frame.clear(), ["n"]).to_pybytes() == b""
