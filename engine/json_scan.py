@@ -96,7 +96,7 @@ class JsonScanner:
             return pa.Array.from_buffers(
                 entry.arrow_type, count, [validity, _bitmap(values)], nulls
             )
-        if entry.kind == _STR:
+        if entry.kind == _STR:  # views (`offsets`) into one data buffer (`values`)
             return pa.Array.from_buffers(
                 entry.arrow_type,
                 count,
@@ -109,7 +109,7 @@ class JsonScanner:
 
 
 _SCALAR_TYPES = {
-    _STR: pa.large_string(),
+    _STR: pa.string_view(),
     _INT: pa.int64(),
     _FLOAT: pa.float64(),
     _NUMBER: pa.float64(),
@@ -118,7 +118,7 @@ _SCALAR_TYPES = {
 
 
 def arrow_buffer(buffer: tuple[int, int, object] | None) -> pa.Buffer:
-    """A buffer of engine._json as an Arrow buffer, without a copy; it keeps the memory's
+    """A buffer of engine._native as an Arrow buffer, without a copy; it keeps the memory's
     owner alive."""
     if buffer is None:
         return _EMPTY

@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from engine import _json
+from engine import _native
 from engine.json_scan import JsonScanner
 from engine.schema import Schema
 
@@ -176,8 +176,8 @@ def test_escaped_and_reordered_field_names_are_read() -> None:
 
 def test_a_malformed_plan_is_refused() -> None:
     with pytest.raises(ValueError, match="root"):
-        _json.scan([(0, b"", True, -1, ())], b"", b"\0" * 8)
+        _native.scan([(0, b"", True, -1, ())], b"", b"\0" * 8)
     with pytest.raises(ValueError, match="list needs exactly one item"):
-        _json.scan([(5, b"", True, -1, ()), (6, b"l", True, 0, ())], b"", b"\0" * 8)
+        _native.scan([(5, b"", True, -1, ()), (6, b"l", True, 0, ())], b"", b"\0" * 8)
     with pytest.raises(ValueError, match="outside the data"):
-        _json.scan([(5, b"", True, -1, ())], b"{}", memoryview(b"\0" * 8 + b"\x09" + b"\0" * 7))
+        _native.scan([(5, b"", True, -1, ())], b"{}", memoryview(b"\0" * 8 + b"\x09" + b"\0" * 7))
