@@ -179,14 +179,14 @@ async def _run_over_kafka(
             spec.source, group=f"conflux-demo-{uuid.uuid4().hex[:8]}", start=start
         ),
     )
-    source = open_source(spec.source)
+    source = open_source(spec.source, checkpointed=spec.checkpoint is not None)
     assert isinstance(source, KafkaSource)
     engine = _EngineThread(Pipeline.from_spec(spec).source(source))
     frame = input_frame(messages)
     done = asyncio.Event()
     try:
         engine.start()
-        with console.status("W1 is joining its consumer group"):
+        with console.status("W1 is connecting to its input topic"):
             while not source.assignment:
                 engine.raise_if_failed()
                 await asyncio.sleep(0.05)

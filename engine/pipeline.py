@@ -232,7 +232,9 @@ class Pipeline:
             return RayRunner(plan, workers=workers, address=address, progress=progress).run()
         if runner != "local":
             raise ConfigError(f"pipeline {self.name!r}: runner must be 'local' or 'ray'")
-        source = self._live_source or open_source(plan.spec.source)
+        source = self._live_source or open_source(
+            plan.spec.source, checkpointed=plan.spec.checkpoint is not None
+        )
         sinks = {
             name: self._live_sinks.get(name) or open_sink(spec)
             for name, spec in plan.spec.sinks.items()

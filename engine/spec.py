@@ -144,6 +144,8 @@ class CheckpointSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     With a checkpoint, a run stopped at any point (kill -9 included) and started again with
     the same directory continues from its last checkpoint and writes each output once
     (`engine.runners.checkpoint`). It needs a Kafka source, and Kafka or NDJSON sinks.
+    The local runner's Kafka source then reads every partition itself, joining no group
+    (`engine.connectors.open_source`): one process per group.
     """
 
     directory: Annotated[str, msgspec.Meta(min_length=1)]

@@ -16,7 +16,9 @@ rows by partition and appends them to one `create_batch` per partition and size 
 never one `send` per message.
 
 Connecting retries with exponential backoff (`Retry`); when the broker stays unreachable
-the error names its address, e.g. ``cannot reach Kafka at 127.0.0.1:1: ...``.
+the error names its address, e.g. ``cannot reach Kafka at 127.0.0.1:1: ...``. Looking up
+how many partitions an input topic has (`partition_count`) waits the same way for a topic
+that does not exist yet, then fails naming it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ import polars as pl
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    CommitFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+)
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
@@ -166,7 +173,7 @@ async def ensure_topics(
 
 
 class KafkaSource:
-    """Consume `topic` in consumer group `group`, one raw batch per `getmany`.
+    """Consume `topic` for consumer group `group`, one raw batch per `getmany`.
 
     A batch holds at most `batch_size` records and is cut after at most `linger_ms` of
     waiting, so latency stays low under light traffic. Each partition's records keep their
@@ -178,6 +185,10 @@ class KafkaSource:
 
     `resume` (for checkpoints) makes the source's own position, not the group's committed
     offsets, decide where each partition it has read continues.
+
+    The source joins the group and takes the partitions its rebalancing gives it, unless
+    `partitions` names them: then it assigns them itself and never joins (no join to wait
+    for, no rebalance), while still committing its offsets to the group.
 
     Args:
         bootstrap: "host:port" of a broker.
@@ -194,8 +205,13 @@ class KafkaSource:
         session_timeout_ms: consumer-group session; Tansu holds a join for about half of it.
         retry: backoff for connecting.
         partitions: read exactly these partitions (manual assignment) instead of joining
-            the group's rebalancing; the group still keeps the committed offsets. The Ray
-            runner assigns partitions itself, so that keyed state moves with them.
+            the group's rebalancing; the group still keeps the committed offsets. "all":
+            every partition the topic has when the source connects (`partition_count`: it
+            waits with `retry`'s backoff for a missing topic, then raises ConnectorError
+            naming it); partitions added later are read from the next run on. The Ray
+            runner's workers name theirs, so that keyed state moves with them; the local
+            runner reads "all" when the run is checkpointed (`open_source`), as its
+            checkpoint, not the group, decides where a rerun starts.
     """
 
     def __init__(
@@ -210,12 +226,14 @@ class KafkaSource:
         stop_when_idle_ms: int | None = None,
         session_timeout_ms: int = 10_000,
         retry: Retry = DEFAULT_RETRY,
-        partitions: Sequence[int] | None = None,
+        partitions: Sequence[int] | Literal["all"] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.group = group
-        self.partitions = None if partitions is None else tuple(partitions)
+        self.partitions: tuple[int, ...] | Literal["all"] | None = (
+            partitions if partitions is None or partitions == "all" else tuple(partitions)
+        )
         self.batch_size = batch_size
         self.linger_ms = linger_ms
         try:
@@ -232,6 +250,7 @@ class KafkaSource:
         self._in_flight: asyncio.Lock | None = None
         self._last_record_at = 0.0
         self._assignment: frozenset[int] = frozenset()
+        self._commit_refused = False
 
     @property
     def assignment(self) -> frozenset[int]:
@@ -307,7 +326,16 @@ class KafkaSource:
 
     async def commit(self, position: Offsets | None = None) -> None:
         """Commit the offsets of every batch yielded so far (their outputs are acknowledged),
-        or, given a checkpoint's `position`, this source's partitions' offsets in it."""
+        or, given a checkpoint's `position`, this source's partitions' offsets in it.
+
+        A source that assigns itself its partitions is no member of its group, and the
+        broker refuses its commits while the group has members: another process reading
+        the topic in this group, or one that stopped without leaving (Tansu keeps a member
+        of a group's generation 0 past its session). Such a source reads by a checkpoint's
+        or a Ray runner's positions, not the group's, so the refusal is logged and the
+        offsets are committed with the next commit the group accepts; any other failure
+        raises ConnectorError.
+        """
         if position is not None:
             mine = self._assignment if self.partitions is not None else None
             offsets = {
@@ -321,11 +349,32 @@ class KafkaSource:
             return
         try:
             await self._consumer.commit(offsets)
+        except CommitFailedError as error:
+            if self.partitions is None:
+                raise self._commit_error(error) from error
+            if not self._commit_refused:
+                log.warning(
+                    "Kafka at %s: group %r has members, so it refuses the offsets of %r from "
+                    "this source, which assigns itself its partitions; they are committed "
+                    "once the group accepts them. Is another process reading the topic in "
+                    "this group?",
+                    self.bootstrap,
+                    self.group,
+                    self.topic,
+                )
+            self._commit_refused = True
+            if position is None:  # newer offsets, taken since, win
+                self._uncommitted = {**offsets, **self._uncommitted}
+            return
         except KafkaError as error:
-            raise ConnectorError(
-                f"Kafka at {self.bootstrap}: group {self.group!r} cannot commit offsets "
-                f"of {self.topic!r}: {error}"
-            ) from error
+            raise self._commit_error(error) from error
+        self._commit_refused = False
+
+    def _commit_error(self, error: KafkaError) -> ConnectorError:
+        return ConnectorError(
+            f"Kafka at {self.bootstrap}: group {self.group!r} cannot commit offsets "
+            f"of {self.topic!r}: {error}"
+        )
 
     async def close(self) -> None:
         """Leave the group and disconnect; uncommitted batches will be read again."""
@@ -334,6 +383,11 @@ class KafkaSource:
             await consumer.stop()
 
     async def _open(self) -> AIOKafkaConsumer:
+        partitions = (
+            range(await partition_count(self.bootstrap, self.topic, retry=self.retry))
+            if self.partitions == "all"
+            else self.partitions
+        )
         reset = "latest" if self.start == "latest" or _by_timestamp(self.start) else "earliest"
         consumer = await connect(
             self.bootstrap,
@@ -353,10 +407,10 @@ class KafkaSource:
             self.retry,
         )
         self._consumer = consumer
-        if self.partitions is None:
+        if partitions is None:
             consumer.subscribe([self.topic], listener=_Rebalance(self))
             return consumer
-        assigned = {TopicPartition(self.topic, partition) for partition in self.partitions}
+        assigned = {TopicPartition(self.topic, partition) for partition in partitions}
         consumer.assign(sorted(assigned))
         await self._partitions_assigned(assigned)
         return consumer
@@ -405,27 +459,61 @@ async def _seek_to_start(
                 consumer.seek(tp, position.offset)
 
 
+async def partition_count(bootstrap: str, topic: str, *, retry: Retry = DEFAULT_RETRY) -> int:
+    """How many partitions `topic` has, looking again with `retry`'s backoff while it does
+    not exist.
+
+    A pipeline's partitioning is that of its input, which must be there first; waiting as
+    for an unreachable broker covers a producer that creates it just after the pipeline
+    starts. Raises ConnectorError naming the topic and `bootstrap` when it is still missing
+    after `retry.attempts` looks, or when the broker cannot be reached or read.
+    """
+    admin = await connect(
+        bootstrap,
+        lambda: AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="conflux-admin"),
+        AIOKafkaAdminClient.close,
+        retry,
+    )
+    started = time.monotonic()
+    attempt = 0
+    try:
+        while True:
+            attempt += 1
+            # Every topic's metadata: asking for this one by name would have a broker with
+            # auto.create.topics.enable create it, with the broker's partition count.
+            found = [
+                len(described["partitions"])
+                for described in await admin.describe_topics()
+                if described["topic"] == topic
+            ]
+            if found and found[0]:
+                return found[0]
+            if attempt >= retry.attempts:
+                raise ConnectorError(
+                    f"Kafka at {bootstrap}: topic {topic!r} does not exist (looked {attempt} "
+                    f"times over {time.monotonic() - started:.1f} s); a pipeline reads the "
+                    "partitions of its input topic, so create it first"
+                )
+            log.warning(
+                "Kafka at %s: topic %r does not exist (attempt %d of %d); looking again in %.1f s",
+                bootstrap,
+                topic,
+                attempt,
+                retry.attempts,
+                retry.delay(attempt),
+            )
+            await asyncio.sleep(retry.delay(attempt))
+    except KafkaError as error:
+        raise ConnectorError(
+            f"Kafka at {bootstrap}: cannot read the metadata of topic {topic!r}: {error}"
+        ) from error
+    finally:
+        await admin.close()
+
+
 def topic_partitions(bootstrap: str, topic: str, retry: Retry = DEFAULT_RETRY) -> int:
-    """How many partitions `topic` has (blocking). Raises ConnectorError when it does not
-    exist: a pipeline's partitioning is that of its input, which must be there first."""
-
-    async def count() -> int:
-        consumer = await connect(
-            bootstrap,
-            lambda: AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="conflux-admin"),
-            AIOKafkaConsumer.stop,
-            retry,
-        )
-        try:
-            await consumer.topics()  # fetches the cluster's metadata
-            found = consumer.partitions_for_topic(topic)
-        finally:
-            await consumer.stop()
-        if not found:
-            raise ConnectorError(f"Kafka at {bootstrap}: topic {topic!r} does not exist")
-        return len(found)
-
-    return asyncio.run(count())
+    """`partition_count`, blocking (for callers outside an event loop: the Ray runner)."""
+    return asyncio.run(partition_count(bootstrap, topic, retry=retry))
 
 
 def _by_timestamp(start: StartPosition) -> bool:

@@ -32,7 +32,7 @@ from engine.connectors import MemorySink, Sink
 from engine.connectors.kafka import KafkaSink, KafkaSource, Retry, ensure_topics
 from engine.errors import ConnectorError
 from engine.schema_examples import Greeting
-from engine.spec import KafkaSinkSpec, KafkaSourceSpec, SinkSpec
+from engine.spec import FileSinkSpec, KafkaSinkSpec, KafkaSourceSpec, SinkSpec
 from pipelines.w1 import TOPICS, w1
 
 W1_KAFKA = Path(__file__).parents[2] / "pipelines" / "w1.yaml"
@@ -343,6 +343,126 @@ def test_offsets_are_committed_only_after_outputs_are_written(
     )
     assert watching.committed_at_write[0] == [None, None]
     assert asyncio.run(committed(broker.bootstrap, group, topic, 2)) == [50, 50]
+
+
+def test_a_checkpointed_run_reads_every_partition_without_waiting_for_a_group_join(
+    broker: EmbeddedBroker, topic_factory: Callable[[str], str], tmp_path: Path
+) -> None:
+    topic, group = topic_factory("in"), topic_factory("group")
+    messages = [(None, index % 4, b'{"text": "m%d"}' % index) for index in range(100)]
+    asyncio.run(produce(broker.bootstrap, topic, messages, partitions=4))
+    source = KafkaSourceSpec(
+        bootstrap=broker.bootstrap,
+        topic=topic,
+        group=group,
+        stop_when_idle_ms=1000,
+        session_timeout_ms=SESSION_MS,
+    )
+    first_batch_after: list[float] = []
+
+    def progress(messages: int) -> None:
+        if not first_batch_after:
+            first_batch_after.append(time.monotonic() - started)
+
+    out = tmp_path / "out.ndjson"
+    pipeline = (
+        Pipeline("assigned")
+        .source(source)
+        .decode(Greeting)
+        .output("out", FileSinkSpec(path=str(out)))
+        .dead_letter("rejected", FileSinkSpec(path=str(tmp_path / "rejected.ndjson")))
+        .checkpoint(str(tmp_path / "work"), interval_ms=0)
+    )
+    started = time.monotonic()
+    pipeline.run(progress=progress)
+
+    # a group join would have held the first batch for about half the session timeout
+    assert first_batch_after and first_batch_after[0] < SESSION_MS / 2 / 1000
+    lines = [orjson.loads(line)["text"] for line in out.read_bytes().splitlines()]
+    assert sorted(lines) == sorted(f"m{index}" for index in range(100))
+    # offsets still go to the group, after the last checkpoint
+    assert asyncio.run(committed(broker.bootstrap, group, topic, 4)) == [25, 25, 25, 25]
+
+
+def test_a_checkpointed_run_beside_a_group_member_warns_that_its_commits_are_refused(
+    broker: EmbeddedBroker,
+    topic_factory: Callable[[str], str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    topic, group = topic_factory("in"), topic_factory("group")
+    messages = [(None, index % 2, b'{"text": "m%d"}' % index) for index in range(100)]
+    asyncio.run(produce(broker.bootstrap, topic, messages, partitions=2))
+
+    async def join_and_stop_without_leaving() -> None:
+        # Tansu numbers a new group's first generation 0, for which aiokafka sends no
+        # LeaveGroup: the member stays in the group, as one of a killed run would.
+        member = KafkaSource(broker.bootstrap, topic, group, session_timeout_ms=SESSION_MS)
+        batches = member.batches()
+        await anext(batches)
+        await batches.aclose()
+
+    asyncio.run(join_and_stop_without_leaving())
+    out = tmp_path / "out.ndjson"
+    source = KafkaSourceSpec(
+        bootstrap=broker.bootstrap,
+        topic=topic,
+        group=group,
+        stop_when_idle_ms=1000,
+        session_timeout_ms=SESSION_MS,
+    )
+    with caplog.at_level(logging.WARNING, logger="engine.connectors.kafka"):
+        (
+            Pipeline("beside")
+            .source(source)
+            .decode(Greeting)
+            .output("out", FileSinkSpec(path=str(out)))
+            .dead_letter("rejected", FileSinkSpec(path=str(tmp_path / "rejected.ndjson")))
+            .checkpoint(str(tmp_path / "work"), interval_ms=0)
+            .run()
+        )
+
+    lines = [orjson.loads(line)["text"] for line in out.read_bytes().splitlines()]
+    assert sorted(lines) == sorted(f"m{index}" for index in range(100))
+    assert [
+        record.getMessage() for record in caplog.records if record.name == "engine.connectors.kafka"
+    ] == [
+        f"Kafka at {broker.bootstrap}: group {group!r} has members, so it refuses the offsets "
+        f"of {topic!r} from this source, which assigns itself its partitions; they are "
+        "committed once the group accepts them. Is another process reading the topic in "
+        "this group?"
+    ]
+    assert asyncio.run(committed(broker.bootstrap, group, topic, 2)) == [None, None]
+
+
+def test_a_source_of_all_partitions_fails_naming_a_missing_topic_after_backoff(
+    broker: EmbeddedBroker, topic_factory: Callable[[str], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = topic_factory("missing")
+    source = KafkaSource(
+        broker.bootstrap,
+        topic,
+        topic_factory("group"),
+        partitions="all",
+        retry=Retry(attempts=3, first_delay_s=0.2),
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="engine.connectors.kafka"),
+        pytest.raises(ConnectorError) as error,
+    ):
+        asyncio.run(anext(source.batches()))
+    assert re.fullmatch(
+        rf"Kafka at {broker.bootstrap}: topic '{topic}' does not exist \(looked 3 times over "
+        r"\d+\.\d s\); a pipeline reads the partitions of its input topic, so create it first",
+        str(error.value),
+    )
+    assert [
+        record.getMessage() for record in caplog.records if record.name == "engine.connectors.kafka"
+    ] == [
+        f"Kafka at {broker.bootstrap}: topic {topic!r} does not exist (attempt {attempt} of 3); "
+        f"looking again in {delay} s"
+        for attempt, delay in ((1, 0.2), (2, 0.4))
+    ]
 
 
 def test_sources_start_at_a_timestamp_or_at_explicit_offsets(

@@ -35,7 +35,7 @@ from tests.integration.test_kafka import SESSION_MS, committed, produce, read_to
 ROOT = Path(__file__).parents[2]
 W1_KAFKA = ROOT / "pipelines" / "w1.yaml"
 W1_GROUP = "conflux-w1"  # pipelines/w1.yaml's
-PHASE_TIMEOUT_S = 60  # a restart waits up to ~9 s for the killed member's session to end
+PHASE_TIMEOUT_S = 60  # a phase takes seconds; the margin is for a loaded machine
 
 
 def offsets(position: Position, topic: str) -> dict[int, int]:
@@ -138,11 +138,9 @@ def test_w1_killed_twice_and_run_again_equals_the_reference(
         beyond = []
         killed_at: Checkpoint | None = None
         for _ in range(2):
+            # A checkpointed run assigns itself w1.in's partitions: no group join, and no
+            # killed member's session to wait out, so a restart reads as soon as it starts.
             process = await start_w1(bootstrap, workdir, log)
-            if killed_at is not None:
-                # The restart waits out the killed member's session before it reads: feed
-                # it once it has resumed, so that it is killed in the middle of the stream.
-                await wait_for_checkpoint(process, store, killed_at.number + 1)
             feeder.allowed.set()
             # Checkpoint 0 is written before any input; a kill needs outputs past a later
             # one, which the next run must drop when it produces them again.
@@ -198,7 +196,8 @@ class CrashingSink(NdjsonSink):
 
 class CrashingSource(KafkaSource):
     """A Kafka source whose process dies in its `crash_at`-th commit: just after the
-    runner wrote a checkpoint, before the group's offsets caught up with it."""
+    runner wrote a checkpoint, before the group's offsets caught up with it. It reads every
+    partition by itself, as the source a checkpointed run opens (`open_source`)."""
 
     def __init__(self, spec: KafkaSourceSpec, crash_at: int) -> None:
         super().__init__(
@@ -208,6 +207,7 @@ class CrashingSource(KafkaSource):
             batch_size=spec.batch_size,
             stop_when_idle_ms=spec.stop_when_idle_ms,
             session_timeout_ms=spec.session_timeout_ms,
+            partitions="all",
         )
         self.crash_at = crash_at
         self.commits = 0
