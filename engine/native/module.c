@@ -1,11 +1,12 @@
 /* engine._native: the JSON scanner (scan.c), writer (write.c), NDJSON line splitter
- * (lines.c) and the dedup step's id index (ids.c). */
+ * (lines.c), the dedup step's id index (ids.c) and tumbling windows' table (windows.c). */
 #include "buffer.h"
 
 PyObject *json_scan(PyObject *self, PyObject *args);
 PyObject *json_write(PyObject *self, PyObject *args);
 PyObject *json_split_lines(PyObject *self, PyObject *args);
 extern PyTypeObject IdIndexType;
+extern PyTypeObject TumblingTableType;
 
 static void free_capsule(PyObject *capsule) { free(PyCapsule_GetPointer(capsule, "conflux")); }
 
@@ -33,12 +34,11 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",
                                     methods};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&IdIndexType) < 0) return NULL;
+    if (PyType_Ready(&IdIndexType) < 0 || PyType_Ready(&TumblingTableType) < 0) return NULL;
     PyObject *created = PyModule_Create(&module);
     if (!created) return NULL;
-    Py_INCREF(&IdIndexType);
-    if (PyModule_AddObject(created, "IdIndex", (PyObject *)&IdIndexType) < 0) {
-        Py_DECREF(&IdIndexType);
+    if (PyModule_AddObjectRef(created, "IdIndex", (PyObject *)&IdIndexType) < 0 ||
+        PyModule_AddObjectRef(created, "TumblingTable", (PyObject *)&TumblingTableType) < 0) {
         Py_DECREF(created);
         return NULL;
     }

@@ -20,6 +20,9 @@ splitting the input into batches at any point changes nothing:
   open windows in state are merged by one polars `group_by` per batch (count and sum add,
   min/max combine, mean is kept as sum and count, first/last carry the arrival position of
   their row, count_distinct keeps the distinct values as a list). No Python loop over rows.
+  Tumbling windows of counts and integer sums per string key (W1's) are kept instead by a
+  native table (`engine.operators.tumbling_table`): same model, same outputs, a hash-table
+  lookup per row instead of a ~4 ms group_by per batch.
 - **Memory** is bounded by the open windows: one row per (partition, key, open window) with
   its accumulators (count_distinct also keeps its distinct values), plus one row per partition.
   A batch costs time linear in its rows (times windows per row, when sliding) plus the open
@@ -42,21 +45,24 @@ import polars as pl
 from engine.batch import KEY, PARTITION
 from engine.operators.base import DEAD_LETTER, MAIN, Outputs, Step, column, require_fields
 from engine.operators.deadletter import reject
+from engine.operators.tumbling_table import Layout, NativeWindows
+from engine.operators.window_columns import (
+    FIRST_KEY,
+    FIRST_SEQUENCE,
+    LAST_SEQUENCE,
+    MAX_EVENT_TIME,
+    ROWS_SEEN,
+    WINDOW_END,
+    WINDOW_START,
+)
 
 LATE_REASON = "late event: window already closed"
-WINDOW_START = "window_start"
-WINDOW_END = "window_end"
 
 # Working columns; a leading "__" keeps them apart from message fields and the envelope.
 _EVENT_TIME = "__event_time"
 _WATERMARK = "__watermark"
 _SEQUENCE = "__sequence"
-_FIRST_SEQUENCE = "__first_sequence"
-_LAST_SEQUENCE = "__last_sequence"
-_FIRST_KEY = "__first_key"
 _SESSION = "__session"
-_MAX_EVENT_TIME = "__max_event_time"
-_ROWS_SEEN = "__rows_seen"
 _ENTRY = "__entry"
 _CLOSED = "__closed"
 
@@ -126,9 +132,9 @@ class Aggregate:
             return [values.unique().alias(self._part("values"))]
         accumulator = pl.col(self._part(self.function))
         if self.function == "first":
-            return [accumulator.get(pl.col(_FIRST_SEQUENCE).arg_min())]
+            return [accumulator.get(pl.col(FIRST_SEQUENCE).arg_min())]
         if self.function == "last":
-            return [accumulator.get(pl.col(_LAST_SEQUENCE).arg_max())]
+            return [accumulator.get(pl.col(LAST_SEQUENCE).arg_max())]
         return [accumulator.min() if self.function == "min" else accumulator.max()]
 
     def result(self) -> pl.Expr:
@@ -153,20 +159,41 @@ class WindowState:
     `window_end` and accumulator columns (prefixed `__`). `partitions` has one row per
     partition seen: `_partition`, `__max_event_time` (the watermark before lateness) and
     `__rows_seen` (which orders first/last across batches). A window is evicted when emitted.
+
+    While the step runs natively (`engine.operators.tumbling_table`), `native` holds both
+    instead, and the two tables are stale until `tables` or `leave_native`.
     """
 
     def __init__(self) -> None:
         self.windows = pl.DataFrame(schema={PARTITION: pl.Int32()})
         self.partitions = pl.DataFrame(
-            schema={PARTITION: pl.Int32(), _MAX_EVENT_TIME: pl.Int64(), _ROWS_SEEN: pl.Int64()}
+            schema={PARTITION: pl.Int32(), MAX_EVENT_TIME: pl.Int64(), ROWS_SEEN: pl.Int64()}
         )
+        self.native: NativeWindows | None = None
+
+    def tables(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The open windows and the partitions' progress, wherever they are held."""
+        return self.native.frames() if self.native else (self.windows, self.partitions)
+
+    def enter_native(self, layout: Layout) -> NativeWindows:
+        """The native table, made from the tables if the step did not run natively."""
+        if self.native is None:
+            self.native = NativeWindows.from_frames(layout, self.windows, self.partitions)
+        return self.native
+
+    def leave_native(self) -> None:
+        """Back to the tables (a batch the native table cannot take)."""
+        if self.native is not None:
+            self.windows, self.partitions = self.native.frames()
+            self.native = None
 
     def snapshot(self) -> pl.DataFrame:
         """Both tables in one, told apart by `__entry` ("partition" or "window")."""
+        windows, partitions = self.tables()
         return pl.concat(
             [
-                self.partitions.with_columns(pl.lit("partition").alias(_ENTRY)),
-                self.windows.with_columns(pl.lit("window").alias(_ENTRY)),
+                partitions.with_columns(pl.lit("partition").alias(_ENTRY)),
+                windows.with_columns(pl.lit("window").alias(_ENTRY)),
             ],
             how="diagonal_relaxed",
         )
@@ -174,11 +201,12 @@ class WindowState:
     def restore(self, table: pl.DataFrame) -> None:
         """Replace this state by the one `snapshot` returned."""
         self.partitions = table.filter(pl.col(_ENTRY) == "partition").select(
-            PARTITION, _MAX_EVENT_TIME, _ROWS_SEEN
+            PARTITION, MAX_EVENT_TIME, ROWS_SEEN
         )
         self.windows = table.filter(pl.col(_ENTRY) == "window").drop(
-            _ENTRY, _MAX_EVENT_TIME, _ROWS_SEEN
+            _ENTRY, MAX_EVENT_TIME, ROWS_SEEN
         )
+        self.native = None
 
 
 class _Window(Step, frozen=True, kw_only=True):
@@ -235,6 +263,30 @@ class _Window(Step, frozen=True, kw_only=True):
         if times.null_count():
             untimed = batch.filter(times.is_null())
             batch, times = batch.filter(times.is_not_null()), times.drop_nulls()
+        layout = self._native_layout(batch.schema)
+        if layout is not None:
+            closed, late_rows = state.enter_native(layout).process(batch, times)
+            is_late = pl.Series(late_rows)
+        else:
+            state.leave_native()
+            closed, is_late = self._merge(batch, times, state)
+        late = batch.filter(is_late) if is_late.any() else batch.clear()
+
+        outputs: Outputs = {MAIN: closed}
+        rejected = [(untimed, f"event time {self.event_time!r} is null")]
+        if self.late is None:
+            rejected.append((late, LATE_REASON))
+        elif late.height:
+            outputs[self.late] = late
+        dead = [self._rejected(rows, reason) for rows, reason in rejected if rows.height]
+        if dead:
+            outputs[DEAD_LETTER] = pl.concat(dead)
+        return outputs
+
+    def _merge(
+        self, batch: pl.DataFrame, times: pl.Series, state: WindowState
+    ) -> tuple[pl.DataFrame, pl.Series]:
+        """The polars path of `process`: the closed windows, and which rows were late."""
         # Only the columns the windows need travel on; whole rows only for the rare late one.
         needed = {PARTITION, KEY, *(path.split(".", 1)[0] for path in self._inputs())}
         narrow = batch.select([name for name in batch.columns if name in needed])
@@ -242,8 +294,7 @@ class _Window(Step, frozen=True, kw_only=True):
         is_late = rows.select(
             self._latest_end(pl.col(_EVENT_TIME)) <= pl.col(_WATERMARK)
         ).to_series()
-        late = batch.filter(is_late) if is_late.any() else batch.clear()
-        if late.height:
+        if is_late.any():
             rows = rows.filter(~is_late)
 
         # One lazy plan from the batch's rows to the open and the closed windows: each eager
@@ -253,16 +304,16 @@ class _Window(Step, frozen=True, kw_only=True):
         # maintain_order: windows come out in order of their first row, a deterministic
         # order that costs less than sorting by key afterwards.
         watermarks = state.partitions.lazy().select(
-            PARTITION, (pl.col(_MAX_EVENT_TIME) - self.allowed_lateness_ms).alias(_WATERMARK)
+            PARTITION, (pl.col(MAX_EVENT_TIME) - self.allowed_lateness_ms).alias(_WATERMARK)
         )
         windows = (
             windows.group_by(
                 PARTITION, *self._key_names(), WINDOW_START, WINDOW_END, maintain_order=True
             )
             .agg(
-                pl.col(_FIRST_SEQUENCE).min(),
-                pl.col(_LAST_SEQUENCE).max(),
-                pl.col(_FIRST_KEY).get(pl.col(_FIRST_SEQUENCE).arg_min()),
+                pl.col(FIRST_SEQUENCE).min(),
+                pl.col(LAST_SEQUENCE).max(),
+                pl.col(FIRST_KEY).get(pl.col(FIRST_SEQUENCE).arg_min()),
                 *[expr for aggregate in self._aggregates() for expr in aggregate.merged()],
             )
             .join(watermarks, on=PARTITION, how="left", maintain_order="left")
@@ -276,17 +327,11 @@ class _Window(Step, frozen=True, kw_only=True):
                 self._emit(windows.filter(pl.col(_CLOSED))),
             ]
         )
+        return closed, is_late
 
-        outputs: Outputs = {MAIN: closed}
-        rejected = [(untimed, f"event time {self.event_time!r} is null")]
-        if self.late is None:
-            rejected.append((late, LATE_REASON))
-        elif late.height:
-            outputs[self.late] = late
-        dead = [self._rejected(rows, reason) for rows, reason in rejected if rows.height]
-        if dead:
-            outputs[DEAD_LETTER] = pl.concat(dead)
-        return outputs
+    def _native_layout(self, schema: pl.Schema) -> Layout | None:
+        """The native table's layout when this step and a batch of `schema` fit it."""
+        return None
 
     def _aggregates(self) -> tuple[Aggregate, ...]:
         return _parse_aggregates(tuple(self.aggregates.items()))
@@ -310,7 +355,7 @@ class _Window(Step, frozen=True, kw_only=True):
         progress = {
             partition: (latest, seen)
             for partition, latest, seen in state.partitions.select(
-                PARTITION, _MAX_EVENT_TIME, _ROWS_SEEN
+                PARTITION, MAX_EVENT_TIME, ROWS_SEEN
             ).iter_rows()
         }
         sequence = np.empty(len(times), np.int64)
@@ -328,10 +373,10 @@ class _Window(Step, frozen=True, kw_only=True):
         state.partitions = pl.DataFrame(
             {
                 PARTITION: [partition for partition, _ in ordered],
-                _MAX_EVENT_TIME: [latest for _, (latest, _) in ordered],
-                _ROWS_SEEN: [seen for _, (_, seen) in ordered],
+                MAX_EVENT_TIME: [latest for _, (latest, _) in ordered],
+                ROWS_SEEN: [seen for _, (_, seen) in ordered],
             },
-            schema={PARTITION: pl.Int32(), _MAX_EVENT_TIME: pl.Int64(), _ROWS_SEEN: pl.Int64()},
+            schema={PARTITION: pl.Int32(), MAX_EVENT_TIME: pl.Int64(), ROWS_SEEN: pl.Int64()},
         )
         return rows.with_columns(pl.Series(_SEQUENCE, sequence), pl.Series(_WATERMARK, watermark))
 
@@ -346,9 +391,9 @@ class _Window(Step, frozen=True, kw_only=True):
             ],
             _EVENT_TIME,
             _WATERMARK,
-            pl.col(_SEQUENCE).alias(_FIRST_SEQUENCE),
-            pl.col(_SEQUENCE).alias(_LAST_SEQUENCE),
-            pl.col(KEY).alias(_FIRST_KEY),
+            pl.col(_SEQUENCE).alias(FIRST_SEQUENCE),
+            pl.col(_SEQUENCE).alias(LAST_SEQUENCE),
+            pl.col(KEY).alias(FIRST_KEY),
             *[column(a.field).alias(a.name) for a in aggregates if a.field is not None],
         )
         schema = values.collect_schema()
@@ -368,7 +413,7 @@ class _Window(Step, frozen=True, kw_only=True):
             WINDOW_END,
             *[aggregate.result() for aggregate in self._aggregates()],
             PARTITION,
-            pl.col(_FIRST_KEY).alias(KEY),
+            pl.col(FIRST_KEY).alias(KEY),
         )
 
     def _rejected(self, rows: pl.DataFrame, reason: str) -> pl.DataFrame:
@@ -430,6 +475,24 @@ class TumblingWindow(_Window, tag="tumbling_window"):
 
     def _latest_end(self, event_time: pl.Expr) -> pl.Expr:
         return event_time // self.size_ms * self.size_ms + self.size_ms
+
+    def _native_layout(self, schema: pl.Schema) -> Layout | None:
+        # counts and integer sums per one string key: the native table (W1's window)
+        aggregates = self._aggregates()
+        if len(self.key_by) != 1 or "." in self.key_by[0]:
+            return None
+        if any(a.function not in ("count", "sum") or "." in (a.field or "") for a in aggregates):
+            return None
+        layout = Layout(
+            self.key_by[0],
+            self.size_ms,
+            self.allowed_lateness_ms,
+            tuple(
+                (a._part(a.function), "c" if a.function == "count" else "s", a.field, a.name)
+                for a in aggregates
+            ),
+        )
+        return layout if layout.fits(schema) else None
 
     def _assign(self, units: pl.LazyFrame) -> pl.LazyFrame:
         start = pl.col(_EVENT_TIME) // self.size_ms * self.size_ms
