@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from engine import _native
 from engine.batch import value_buffers
-from engine.schema import Node, Schema
+from engine.schema import Node, Schema, fixed_width_classes
 
 # The scanner's node kinds (the enum at the top of engine/native/scan.c).
 _STR, _INT, _FLOAT, _NUMBER, _BOOL, _STRUCT, _LIST = range(7)
@@ -35,7 +35,9 @@ class JsonScanner:
     """Reads JSON object values into the columns of `schema` (date-times as their text)."""
 
     def __init__(self, schema: Schema) -> None:
-        self._plan: list[tuple[int, bytes, bool, int, tuple]] = [(_STRUCT, b"", True, -1, ())]
+        self._plan: list[tuple[int, bytes, bool, int, tuple, bytes]] = [
+            (_STRUCT, b"", True, -1, (), b"")
+        ]
         self._entries: list[_Entry] = [_Entry(_STRUCT, pa.null(), ())]
         self._names = [node.name for node in schema.fields]
         self._columns = tuple(self._add(node, 0) for node in schema.fields)
@@ -50,7 +52,9 @@ class JsonScanner:
             kind = _STR if isinstance(node.choices[0], str) else _INT
             choices = tuple(c.encode() if isinstance(c, str) else c for c in node.choices)
         assert kind is not None, node.kind
-        self._plan.append((kind, node.name.encode(), node.required, parent, choices))
+        classes = fixed_width_classes(node.pattern) if node.pattern and kind == _STR else None
+        pattern = b"".join(classes) if classes else b""
+        self._plan.append((kind, node.name.encode(), node.required, parent, choices, pattern))
         self._entries.append(_Entry(kind, pa.null(), ()))
         nested = node.children if kind == _STRUCT else (node.item,) if kind == _LIST else ()
         children = tuple(self._add(child, index) for child in nested if child is not None)

@@ -26,6 +26,7 @@ Schema([('id', String), ('amount', Float64), ('status', String)])
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterator
@@ -338,7 +339,8 @@ def _value_rules(node: Node, column: pl.Expr) -> Iterator[pl.Expr]:
         if node.lt is not None:
             yield column < node.lt
     elif node.kind == "str":
-        if node.pattern is not None:
+        # a fixed-width pattern is the scanner's to check (`fixed_width_classes`)
+        if node.pattern is not None and fixed_width_classes(node.pattern) is None:
             yield column.str.contains(node.pattern)
         if node.min_length is not None:
             yield column.str.len_chars() >= node.min_length
@@ -485,3 +487,65 @@ def _split_known(
         if node.name not in value and node.has_default:
             known[node.name] = node.default
     return known, extra or None
+
+
+_CLASS_ESCAPES = {"d": "0-9"}
+_FIXED_WIDTH_ATOM = re.compile(
+    r"(?P<atom>\[(?P<set>[^\]\\^][^\]\\]*)\]|\\(?P<escaped>[dDwWsS.\-_/:@+])|(?P<literal>[^\\\[\](){}.*+?|^$]))"
+    r"(?:\{(?P<repeat>[0-9]{1,3})\})?"
+)
+
+
+@functools.cache
+def fixed_width_classes(pattern: str) -> tuple[bytes, ...] | None:
+    """For a pattern matching only strings of one length, each made of ASCII characters
+    from a class per position (`^evt-[0-9]{9}$`, `^[A-Z]{2}\\d{4}$`): per position, a
+    256-bit set of the bytes allowed there. None for any other pattern.
+
+    The scanner checks such patterns byte by byte while it reads (a value it finds not
+    matching is left to the per-record path for the exact verdict); others are checked
+    with a regex over the column. Only `^`, `$`, literals, `[...]` sets of literals and
+    ranges, `\\d` and `{n}` are understood here.
+    """
+    if not (pattern.startswith("^") and pattern.endswith("$")) or pattern.endswith("\\$"):
+        return None
+    body, position, classes = pattern[1:-1], 0, []
+    while position < len(body):
+        atom = _FIXED_WIDTH_ATOM.match(body, position)
+        if atom is None:
+            return None
+        allowed = _allowed_bytes(atom)
+        if allowed is None:
+            return None
+        classes.extend([allowed] * int(atom["repeat"] or 1))
+        position = atom.end()
+    return tuple(classes) if classes else None
+
+
+def _allowed_bytes(atom: re.Match[str]) -> bytes | None:
+    """A 256-bit set (32 bytes, little-endian bits) of the ASCII bytes `atom` matches, or
+    None when it is not a set of ASCII characters.
+
+    Only ASCII bytes are ever allowed, so a string the scanner accepts has as many
+    characters as bytes and matches exactly when the regex does; a non-ASCII character,
+    even one the regex would take (`\\d` takes any Unicode digit), is left unread for the
+    per-record path to judge.
+    """
+    if atom["escaped"] is not None:
+        if atom["escaped"].isalpha() and atom["escaped"] not in _CLASS_ESCAPES:
+            return None  # \\w, \\s and the negated classes: left to the regex
+        members = _CLASS_ESCAPES.get(atom["escaped"], re.escape(atom["escaped"]))
+    elif atom["set"] is not None:
+        members = atom["set"]
+        if not members.isascii() or re.search(r"\\[^d\-\]\\^.]", members):
+            return None
+    elif atom["literal"].isascii():
+        members = re.escape(atom["literal"])
+    else:
+        return None
+    matcher = re.compile(f"[{members}]")
+    allowed = bytearray(32)
+    for byte in range(128):
+        if matcher.fullmatch(chr(byte)):
+            allowed[byte // 8] |= 1 << (byte % 8)
+    return bytes(allowed)

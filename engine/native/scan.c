@@ -11,13 +11,16 @@
  * its choices. Anything else (not JSON, a wrong type, an unknown field, a duplicate, a null,
  * a lone surrogate, an integer out of range, a value not among the choices) is not judged
  * here: the value is marked unread and the codec's per-record path gives the exact verdict
- * and reason. Patterns, bounds and lengths are not checked here; the codec checks them over
- * whole columns.
+ * and reason. Fixed-width patterns are checked here too (a string of another length, or
+ * with a byte outside its position's set, is not judged); other patterns, bounds and
+ * lengths are checked by the codec over whole columns.
  *
  * Interface (engine._native.scan): scan(plan, data, offsets) with
- *   plan: a list of (kind, name: bytes, required: bool, parent: int, choices: tuple) in
- *         pre-order; entry 0 is the root object (kind STRUCT, parent -1); a LIST entry's
- *         one child is its item; `choices` are a Literal's values (bytes or ints), or ().
+ *   plan: a list of (kind, name: bytes, required: bool, parent: int, choices: tuple,
+ *         pattern: bytes) in pre-order; entry 0 is the root object (kind STRUCT, parent -1);
+ *         a LIST entry's one child is its item; `choices` are a Literal's values (bytes or
+ *         ints), or (); `pattern` is, for a STR entry whose pattern has one width, a 256-bit
+ *         set of allowed bytes per position (`engine.schema.fixed_width_classes`), or b"".
  *   data: the values' bytes (any buffer); offsets: int64 buffer of count + 1 positions.
  * returns (read, nodes): `read` one byte per value (1: read), and per plan entry a tuple
  *   (count, null_count, validity, offsets, values) where each buffer is (address, size,
@@ -49,6 +52,8 @@ typedef struct {
     const char **choice_text;
     Py_ssize_t *choice_len;
     int64_t *choice_int;
+    const unsigned char *pattern; /* 32 bytes (a set of allowed bytes) per position */
+    Py_ssize_t pattern_width;
     int64_t count, nulls;
     int64_t snap_count, snap_nulls;
     size_t snap_data;
@@ -435,6 +440,14 @@ static int read_list(Scan *s, Node *n, Cur *c) {
     }
 }
 
+/* Whether `text` has the pattern's width and each byte is in its position's set. */
+static inline int fits_pattern(const Node *n, const unsigned char *text, size_t len) {
+    if (len != (size_t)n->pattern_width) return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!(n->pattern[32 * i + text[i] / 8] >> (text[i] % 8) & 1)) return 0;
+    return 1;
+}
+
 static int read_value(Scan *s, Node *n, Cur *c) {
     if (c->p >= c->end) return -1;
     unsigned char ch = *c->p;
@@ -451,6 +464,9 @@ static int read_value(Scan *s, Node *n, Cur *c) {
                 k++;
             if (k == n->n_choices) return -1;
         }
+        if (n->pattern && !fits_pattern(n, (const unsigned char *)n->data.ptr + start,
+                                        n->data.len - start))
+            return -1;
         return close_element(s, n, 1);
     }
     case K_INT:
@@ -637,9 +653,19 @@ static int load_plan(PyObject *plan, Scan *s) {
         Node *n = &s->nodes[i];
         int required;
         PyObject *choices;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(items, i), "iy#piO!", &n->kind, &n->name,
-                              &n->name_len, &required, &parents[i], &PyTuple_Type, &choices))
+        const char *pattern;
+        Py_ssize_t pattern_len;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(items, i), "iy#piO!y#", &n->kind, &n->name,
+                              &n->name_len, &required, &parents[i], &PyTuple_Type, &choices,
+                              &pattern, &pattern_len))
             goto fail;
+        if (pattern_len % 32 || (pattern_len && n->kind != K_STR)) {
+            PyErr_Format(PyExc_ValueError, "plan entry %zd: a pattern is 32 bytes a position, "
+                                           "for str fields", i);
+            goto fail;
+        }
+        n->pattern = pattern_len ? (const unsigned char *)pattern : NULL;
+        n->pattern_width = pattern_len / 32;
         n->required = required;
         if (n->name_len <= 8) memcpy(&n->name_word, n->name, (size_t)n->name_len);
         if (load_choices(n, choices) < 0) goto fail;

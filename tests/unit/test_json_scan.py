@@ -11,13 +11,15 @@ import re
 from typing import Annotated, Any, Literal
 
 import msgspec
+import orjson
 import polars as pl
 import pyarrow as pa
 import pytest
 
 from engine import _native
+from engine.codec import JsonCodec
 from engine.json_scan import JsonScanner
-from engine.schema import Schema
+from engine.schema import Schema, fixed_width_classes
 
 
 class Point(msgspec.Struct):
@@ -176,8 +178,52 @@ def test_escaped_and_reordered_field_names_are_read() -> None:
 
 def test_a_malformed_plan_is_refused() -> None:
     with pytest.raises(ValueError, match="root"):
-        _native.scan([(0, b"", True, -1, ())], b"", b"\0" * 8)
+        _native.scan([(0, b"", True, -1, (), b"")], b"", b"\0" * 8)
     with pytest.raises(ValueError, match="list needs exactly one item"):
-        _native.scan([(5, b"", True, -1, ()), (6, b"l", True, 0, ())], b"", b"\0" * 8)
+        _native.scan([(5, b"", True, -1, (), b""), (6, b"l", True, 0, (), b"")], b"", b"\0" * 8)
     with pytest.raises(ValueError, match="outside the data"):
-        _native.scan([(5, b"", True, -1, ())], b"{}", memoryview(b"\0" * 8 + b"\x09" + b"\0" * 7))
+        _native.scan(
+            [(5, b"", True, -1, (), b"")], b"{}", memoryview(b"\0" * 8 + b"\x09" + b"\0" * 7)
+        )
+    with pytest.raises(ValueError, match="32 bytes a position"):
+        _native.scan([(5, b"", True, -1, (), b"x")], b"", b"\0" * 8)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "width"),
+    [
+        (r"^evt-[0-9]{9}$", 13),
+        (r"^cust-[0-9]{5}$", 10),
+        (r"^[A-Z]{2}\d{4}$", 6),
+        (r"^a\.b$", 3),
+        (r"^o-[0-9]+$", None),  # a repeat without a count: widths vary
+        (r"^a.b$", None),  # any character, multi-byte ones too
+        (r"evt-[0-9]{9}", None),  # not anchored: a search
+        (r"^[\w]{2}$", None),  # \w is Unicode-aware
+        (r"^é{2}$", None),
+        (r"^(?i)ab$", None),
+    ],
+)
+def test_fixed_width_patterns_are_compiled_to_byte_sets(pattern: str, width: int | None) -> None:
+    classes = fixed_width_classes(pattern)
+    assert (None if classes is None else len(classes)) == width
+
+
+class Tagged(msgspec.Struct):
+    id: Annotated[str, msgspec.Meta(pattern=r"^evt-\d{3}$")]
+
+
+def test_a_fixed_width_pattern_is_checked_by_the_scanner_and_judged_exactly() -> None:
+    """The scanner reads only values whose text fits the pattern byte by byte; the others go
+    to the per-record path, which decides as a regex does: a non-ASCII digit matches \\d."""
+    codec = JsonCodec(Schema.of(Tagged))
+    values = ["evt-123", "evt-12", "evt-1234", "evt-12x", "EVT-123", "evt-12\u0663"]
+    raw = [orjson.dumps({"id": value}) for value in values]
+    _, read = JsonScanner(Schema.of(Tagged)).scan(pa.array(raw, pa.large_binary()))
+    assert read.tolist() == [True, False, False, False, False, False]
+    decoded = codec.decode(pl.DataFrame({"_raw": raw}, schema={"_raw": pl.Binary}), "v")
+    assert decoded.good["id"].to_list() == ["evt-123", "evt-12\u0663"]
+    assert decoded.bad["_reason"].to_list() == [
+        f"id: {value!r} does not match ^evt-\\d{{3}}$"
+        for value in ["evt-12", "evt-1234", "evt-12x", "EVT-123"]
+    ]
