@@ -120,6 +120,9 @@ class JsonCodec:
             good_rows.append(row)
             good_known.append(known)
             good_extra.append(None if extra is None else orjson.dumps(extra).decode())
+        bad = dead_letters(batch[bad_rows], pl.Series(reasons, dtype=pl.String), stage)
+        if not good_rows:  # the usual case: the scanner leaves only the bad rows unread
+            return envelope.clear(), bad
         good = pl.concat(
             [
                 envelope[good_rows],
@@ -130,7 +133,6 @@ class JsonCodec:
             ],
             how="horizontal",
         )
-        bad = dead_letters(batch[bad_rows], pl.Series(reasons, dtype=pl.String), stage)
         return good, bad
 
 
