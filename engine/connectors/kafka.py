@@ -10,8 +10,9 @@ broker transactions: the source restarts at the checkpoint's offsets (`KafkaSour
 and each sink reads back what it wrote after the checkpoint and drops the same records when
 the resumed run produces them again (`KafkaSink.resume`).
 
-Both ends work on whole batches. The source turns one `getmany` into one Arrow batch (the
-values concatenated into one buffer, decoded later in one call); the sink groups a batch's
+Both ends work on whole batches. The source reads what the consumer fetched into one Arrow
+batch in one native pass (`engine.connectors.kafka_fetch`: no Python object per record;
+the values in one buffer, decoded later in one call); the sink groups a batch's
 rows by partition and appends them to one `create_batch` per partition and size limit,
 never one `send` per message.
 
@@ -32,7 +33,6 @@ from typing import Any, Literal, Protocol, TypeVar
 import msgspec
 import numpy as np
 import polars as pl
-import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
@@ -42,21 +42,19 @@ from aiokafka.errors import (
     KafkaTimeoutError,
 )
 from aiokafka.producer.message_accumulator import BatchBuilder
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import TopicPartition
 
 from engine.batch import (
-    HEADER_ARROW_TYPE,
     HEADERS,
     KEY,
     OFFSET,
     PARTITION,
-    RAW,
     REASON,
     STAGE,
-    TIMESTAMP,
 )
 from engine.connectors.base import Offsets, Position, SinkPosition
 from engine.connectors.encoding import encode_values, is_dead_letter
+from engine.connectors.kafka_fetch import fetch
 from engine.errors import CheckpointError, ConfigError, ConnectorError
 from engine.partitioning import partition_for
 from engine.spec import StartAt
@@ -173,7 +171,7 @@ async def ensure_topics(
 
 
 class KafkaSource:
-    """Consume `topic` for consumer group `group`, one raw batch per `getmany`.
+    """Consume `topic` for consumer group `group`, one raw batch per fetch.
 
     A batch holds at most `batch_size` records and is cut after at most `linger_ms` of
     waiting, so latency stays low under light traffic. Each partition's records keep their
@@ -264,18 +262,16 @@ class KafkaSource:
         self._last_record_at = loop.time()
         try:
             while True:
-                fetched = await consumer.getmany(
-                    timeout_ms=self.linger_ms, max_records=self.batch_size
-                )
-                if not fetched:
+                fetched = await fetch(consumer, self.linger_ms, self.batch_size)
+                if fetched is None:
                     if self._idle_too_long(loop.time()):
                         return
                     continue
                 self._last_record_at = loop.time()
-                frame = raw_frame(fetched)
+                frame, advanced = fetched
                 # Held while the runner works on the batch: a rebalance waits for it.
                 async with in_flight:
-                    self._advance(fetched)
+                    self._advance(advanced)
                     yield frame
         finally:
             # A resumed source stays in its group until `close`: the runner commits the last
@@ -287,16 +283,17 @@ class KafkaSource:
         """One batch of what arrives within `linger_ms` (None: nothing did); for runners
         that poll instead of iterating `batches`, with manual assignment (`partitions`)."""
         consumer = self._consumer or await self._open()
-        fetched = await consumer.getmany(timeout_ms=self.linger_ms, max_records=self.batch_size)
-        if not fetched:
+        fetched = await fetch(consumer, self.linger_ms, self.batch_size)
+        if fetched is None:
             return None
-        self._advance(fetched)
-        return raw_frame(fetched)
+        frame, advanced = fetched
+        self._advance(advanced)
+        return frame
 
-    def _advance(self, fetched: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
-        """Record that the batch of `fetched` was handed to the runner."""
-        for tp, records in fetched.items():
-            self._uncommitted[tp] = self._next_offsets[tp] = records[-1].offset + 1
+    def _advance(self, advanced: Mapping[TopicPartition, int]) -> None:
+        """Record that a batch was handed to the runner: each partition's next offset."""
+        for tp, offset in advanced.items():
+            self._uncommitted[tp] = self._next_offsets[tp] = offset
 
     def resume(self, position: Position | None) -> None:
         """Continue from `position` (a checkpoint's offsets; None: nothing read yet).
@@ -531,43 +528,6 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.source._partitions_assigned(assigned)
-
-
-def raw_frame(fetched: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> pl.DataFrame:
-    """One undecoded batch (`_raw` + envelope) from a `getmany` result, partitions in turn.
-
-    The values go into one Arrow buffer in a single call; headers are built only when some
-    record has them, since most topics carry none.
-    """
-    records = [record for batch in fetched.values() for record in batch]
-    count = len(records)
-    partitions = np.repeat(
-        np.array([tp.partition for tp in fetched], np.int32),
-        [len(batch) for batch in fetched.values()],
-    )
-    if any(record.headers for record in records):
-        headers = pa.array(
-            [
-                [{"key": key, "value": value} for key, value in record.headers] or None
-                for record in records
-            ],
-            HEADER_ARROW_TYPE,
-        )
-    else:
-        headers = pa.nulls(count, HEADER_ARROW_TYPE)
-    table = pa.table(
-        {
-            RAW: pa.array([record.value for record in records], pa.large_binary()),
-            KEY: pa.array([record.key for record in records], pa.binary()),
-            PARTITION: pa.array(partitions),
-            OFFSET: pa.array([record.offset for record in records], pa.int64()),
-            TIMESTAMP: pa.array([record.timestamp for record in records], pa.int64()),
-            HEADERS: headers,
-        }
-    )
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    return frame
 
 
 class KafkaSink:

@@ -1,12 +1,13 @@
 /* engine._native: the JSON scanner (scan.c), writer (write.c), NDJSON line splitter
- * (lines.c), Kafka's murmur2 (murmur2.c), the dedup step's id index (ids.c) and tumbling
- * windows' table (windows.c). */
+ * (lines.c), Kafka's murmur2 (murmur2.c) and record sets (records.c), the dedup step's id
+ * index (ids.c) and tumbling windows' table (windows.c). */
 #include "buffer.h"
 
 PyObject *json_scan(PyObject *self, PyObject *args);
 PyObject *json_write(PyObject *self, PyObject *args);
 PyObject *json_split_lines(PyObject *self, PyObject *args);
 PyObject *kafka_murmur2_column(PyObject *self, PyObject *args);
+PyObject *kafka_records(PyObject *self, PyObject *args);
 extern PyTypeObject IdIndexType;
 extern PyTypeObject TumblingTableType;
 
@@ -28,6 +29,8 @@ static PyMethodDef methods[] = {
      "write(plan, rows, terminator) -> (offsets, data): Arrow columns to JSON objects."},
     {"split_lines", json_split_lines, METH_VARARGS,
      "split_lines(data, final) -> (count, consumed, offsets, values): NDJSON lines."},
+    {"kafka_records", kafka_records, METH_VARARGS,
+     "kafka_records(data, fetch_offset, max_records) -> columns of a fetched record set."},
     {"murmur2", kafka_murmur2_column, METH_VARARGS,
      "murmur2(offsets, data) -> uint32 bytes: Kafka's murmur2 of each key."},
     {NULL, NULL, 0, NULL},
