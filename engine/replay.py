@@ -79,9 +79,8 @@ class RawKafkaSink(KafkaSink):
             *(
                 self._send_partition(
                     partition,
-                    rows.get_column(KEY).to_list(),
-                    rows.get_column(RAW).to_list(),
-                    self._headers(rows),
+                    self._batches(rows.get_column(KEY), rows.get_column(RAW), self._headers(rows)),
+                    rows.height,
                 )
                 for (partition,), rows in by_partition.items()
             ),

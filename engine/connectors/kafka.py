@@ -13,8 +13,9 @@ the resumed run produces them again (`KafkaSink.resume`).
 Both ends work on whole batches. The source reads what the consumer fetched into one Arrow
 batch in one native pass (`engine.connectors.kafka_fetch`: no Python object per record;
 the values in one buffer, decoded later in one call); the sink groups a batch's
-rows by partition and appends them to one `create_batch` per partition and size limit,
-never one `send` per message.
+rows by partition and builds one record batch per partition and size limit from the key and
+value columns in one native pass (aiokafka's `create_batch`, a record at a time, only for
+headers or compression), never one `send` per message.
 
 Connecting retries with exponential backoff (`Retry`); when the broker stays unreachable
 the error names its address, e.g. ``cannot reach Kafka at 127.0.0.1:1: ...``. Looking up
@@ -33,6 +34,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import msgspec
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
@@ -44,6 +46,7 @@ from aiokafka.errors import (
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import TopicPartition
 
+from engine import _native
 from engine.batch import (
     HEADERS,
     KEY,
@@ -51,6 +54,7 @@ from engine.batch import (
     PARTITION,
     REASON,
     STAGE,
+    value_buffers,
 )
 from engine.connectors.base import Offsets, Position, SinkPosition
 from engine.connectors.encoding import encode_values, is_dead_letter
@@ -679,15 +683,14 @@ class KafkaSink:
         sends = []
         for partition in range(self._partition_count):
             rows = order[bounds[partition] : bounds[partition + 1]]
-            if len(rows):
-                sends.append(
-                    self._send_partition(
-                        partition,
-                        keys.gather(rows).to_list(),
-                        values.gather(rows).to_list(),
-                        [headers[row] for row in rows] if headers is not None else None,
-                    )
-                )
+            if not len(rows):
+                continue
+            batches = self._batches(
+                keys.gather(rows),
+                values.gather(rows),
+                [headers[row] for row in rows] if headers is not None else None,
+            )
+            sends.append(self._send_partition(partition, batches, len(rows)))
         # every partition runs to its end before a failure is raised: none is left in flight
         outcomes = await asyncio.gather(*sends, return_exceptions=True)
         for outcome in outcomes:
@@ -770,33 +773,36 @@ class KafkaSink:
             headers.append(pairs)
         return headers
 
-    async def _send_partition(
-        self,
-        partition: int,
-        keys: list[bytes | None],
-        values: list[bytes],
-        headers: list[list[Header] | None] | None,
-    ) -> None:
-        """Send the rows to `partition` in size-bound batches, one after another (order)."""
-        start = 0
-        while start < len(values):
-            start = await self._send_batch(partition, keys, values, headers, start)
+    def _batches(
+        self, keys: pl.Series, values: pl.Series, headers: list[list[Header] | None] | None
+    ) -> BatchesFrom:
+        """One partition's rows as record batches: built natively in one pass (the usual
+        case), or by aiokafka a record at a time for headers and compression, which the
+        native builder does not write."""
+        if headers is None and self.compression is None:
+            return _native_batches(keys, values)
+        key_list, value_list = keys.to_list(), values.to_list()
 
-    async def _send_batch(
-        self,
-        partition: int,
-        keys: list[bytes | None],
-        values: list[bytes],
-        headers: list[list[Header] | None] | None,
-        start: int,
-    ) -> int:
+        def batch_from(start: int) -> tuple[BatchBuilder, int]:
+            assert self._producer is not None
+            batch = self._producer.create_batch()
+            return batch, _fill(batch, key_list, value_list, headers, start)
+
+        return batch_from
+
+    async def _send_partition(self, partition: int, batches: BatchesFrom, rows: int) -> None:
+        """Send `rows` rows to `partition` in size-bound batches, one after another (order)."""
+        start = 0
+        while start < rows:
+            start = await self._send_batch(partition, batches, start)
+
+    async def _send_batch(self, partition: int, batches: BatchesFrom, start: int) -> int:
         """Send the rows from `start` that fit one batch; return where the next batch starts."""
         assert self._producer is not None
         attempt = 0
         while True:
             attempt += 1
-            batch = self._producer.create_batch()
-            end = _fill(batch, keys, values, headers, start)
+            batch, end = batches(start)  # anew for each attempt: a batch is sent once
             try:
                 delivery = await self._producer.send_batch(batch, self.topic, partition=partition)
                 metadata = await delivery
@@ -821,6 +827,63 @@ class KafkaSink:
                     self.retry.delay(attempt),
                 )
                 await asyncio.sleep(self.retry.delay(attempt))
+
+
+#: Builds the batch of a partition's rows from a row on: the batch and the first row left out.
+BatchesFrom = Callable[[int], tuple[Any, int]]
+
+
+class PrebuiltBatch:
+    """A record batch built by native code, handed to aiokafka's `send_batch` in place of
+    its `BatchBuilder` (the methods its accumulator calls); closed: nothing is appended."""
+
+    def __init__(self, data: bytes, records: int) -> None:
+        self._data = data
+        self._records = records
+
+    def append(self, **_: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def closed(self) -> bool:
+        return True
+
+    def size(self) -> int:
+        return len(self._data)
+
+    def record_count(self) -> int:
+        return self._records
+
+    def _build(self) -> bytes:
+        return self._data
+
+    def _set_producer_state(self, *_: Any) -> None:
+        raise ConnectorError("batches built natively carry no producer id (idempotence)")
+
+
+def _native_batches(keys: pl.Series, values: pl.Series) -> BatchesFrom:
+    """Rows built into batches by native code (`engine._native.kafka_batch`) in one pass,
+    each record stamped with the time its batch is built, as aiokafka stamps them."""
+    key_columns, value_columns = _binary_columns(keys), _binary_columns(values)
+
+    def batch_from(start: int) -> tuple[PrebuiltBatch, int]:
+        now_ms = int(time.time() * 1000)
+        data, end = _native.kafka_batch(key_columns, value_columns, start, _MAX_BATCH_BYTES, now_ms)
+        return PrebuiltBatch(data, end - start), end
+
+    return batch_from
+
+
+def _binary_columns(series: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A Binary column's offsets, data and validity bytes (None: no nulls)."""
+    values = series.to_arrow()
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    offsets, data = value_buffers(values.cast(pa.large_binary()))
+    valid = series.is_not_null().to_numpy().astype(np.uint8) if series.null_count() else None
+    return offsets, data, valid
 
 
 def _fill(

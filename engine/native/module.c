@@ -8,6 +8,7 @@ PyObject *json_write(PyObject *self, PyObject *args);
 PyObject *json_split_lines(PyObject *self, PyObject *args);
 PyObject *kafka_murmur2_column(PyObject *self, PyObject *args);
 PyObject *kafka_records(PyObject *self, PyObject *args);
+PyObject *kafka_batch(PyObject *self, PyObject *args);
 extern PyTypeObject IdIndexType;
 extern PyTypeObject TumblingTableType;
 
@@ -31,6 +32,8 @@ static PyMethodDef methods[] = {
      "split_lines(data, final) -> (count, consumed, offsets, values): NDJSON lines."},
     {"kafka_records", kafka_records, METH_VARARGS,
      "kafka_records(data, fetch_offset, max_records) -> columns of a fetched record set."},
+    {"kafka_batch", kafka_batch, METH_VARARGS,
+     "kafka_batch(keys, values, start, max_bytes, timestamp_ms) -> (record batch, end)."},
     {"murmur2", kafka_murmur2_column, METH_VARARGS,
      "murmur2(offsets, data) -> uint32 bytes: Kafka's murmur2 of each key."},
     {NULL, NULL, 0, NULL},

@@ -1,4 +1,5 @@
-/* Kafka record sets (message format v2) read straight into Arrow columns.
+/* Kafka record sets (message format v2) read straight into Arrow columns, and record
+ * batches built straight from them (`kafka_batch`, at the end of this file).
  *
  * Why it exists: aiokafka turns every fetched record into a Python object (its record, then
  * a ConsumerRecord) that the source then took apart again into columns: about 2 µs per
@@ -248,5 +249,127 @@ PyObject *kafka_records(PyObject *self, PyObject *args) {
         }
     }
     free_columns(&c);
+    return result;
+}
+
+/* ---- building record batches ------------------------------------------------------------ */
+
+static int push_varint(Buf *b, int64_t value) {
+    uint64_t zigzag = ((uint64_t)value << 1) ^ (uint64_t)(value >> 63);
+    unsigned char bytes[10];
+    int n = 0;
+    do {
+        bytes[n] = zigzag & 0x7F;
+        zigzag >>= 7;
+        if (zigzag) bytes[n] |= 0x80;
+        n++;
+    } while (zigzag);
+    return buf_push(b, bytes, (size_t)n);
+}
+
+static int varint_size(int64_t value) {
+    uint64_t zigzag = ((uint64_t)value << 1) ^ (uint64_t)(value >> 63);
+    int n = 1;
+    while (zigzag >>= 7) n++;
+    return n;
+}
+
+static void put_be(unsigned char *p, uint64_t value, int bytes) {
+    for (int i = bytes - 1; i >= 0; i--, value >>= 8) p[i] = value & 0xFF;
+}
+
+/* Why: aiokafka's producer appends a record at a time from Python (~0.5 µs per output row
+ * on W1); this builds a partition's batch from its key and value columns in one pass.
+ *
+ * Interface (engine._native.kafka_batch): kafka_batch(keys, values, start, max_bytes,
+ * timestamp_ms) -> (batch, end): one uncompressed v2 record batch, as aiokafka's producer
+ * builds it (no producer id, every record stamped `timestamp_ms`, no headers), of the rows
+ * from `start` on while it stays within `max_bytes` (the first row always goes in); `end` is
+ * the first row left out. `keys` and `values` are (offsets int64, data, validity bytes or
+ * None); a null key or value is written as Kafka's null. */
+PyObject *kafka_batch(PyObject *self, PyObject *args) {
+    Py_buffer key_offsets, key_data, value_offsets, value_data, key_valid = {0}, value_valid = {0};
+    PyObject *key_valid_obj, *value_valid_obj;
+    Py_ssize_t start, max_bytes;
+    long long timestamp;
+    if (!PyArg_ParseTuple(args, "(y*y*O)(y*y*O)nnL", &key_offsets, &key_data, &key_valid_obj,
+                          &value_offsets, &value_data, &value_valid_obj, &start, &max_bytes,
+                          &timestamp))
+        return NULL;
+    PyObject *result = NULL;
+    Buf out = {0};
+    Py_ssize_t rows = value_offsets.len / 8 - 1;
+    int have_key_valid = key_valid_obj != Py_None, have_value_valid = value_valid_obj != Py_None;
+    if ((have_key_valid && PyObject_GetBuffer(key_valid_obj, &key_valid, PyBUF_SIMPLE) < 0) ||
+        (have_value_valid && PyObject_GetBuffer(value_valid_obj, &value_valid, PyBUF_SIMPLE) < 0))
+        goto done;
+    const int64_t *ko = key_offsets.buf, *vo = value_offsets.buf;
+    int ok = rows >= 0 && key_offsets.len == value_offsets.len && start >= 0 && start < rows &&
+             (!have_key_valid || key_valid.len == rows) &&
+             (!have_value_valid || value_valid.len == rows);
+    for (Py_ssize_t r = 0; ok && r < rows; r++)
+        ok = ko[r] >= 0 && ko[r] <= ko[r + 1] && ko[r + 1] <= key_data.len && vo[r] >= 0 &&
+             vo[r] <= vo[r + 1] && vo[r + 1] <= value_data.len;
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError,
+                        "kafka_batch: keys and values need rows + 1 offsets within their data, "
+                        "one validity byte per row, and 0 <= start < rows");
+        goto done;
+    }
+    static int crc_ready = 0;
+    if (!crc_ready) {
+        crc32c_init();
+        crc_ready = 1;
+    }
+    if (buf_grow(&out, BATCH_HEADER) < 0) goto nomemory;
+    memset(out.ptr, 0, BATCH_HEADER);
+    out.len = BATCH_HEADER;
+    Py_ssize_t end = start;
+    for (; end < rows; end++) {
+        int has_key = !have_key_valid || ((const char *)key_valid.buf)[end];
+        int has_value = !have_value_valid || ((const char *)value_valid.buf)[end];
+        int64_t key_length = has_key ? ko[end + 1] - ko[end] : -1;
+        int64_t value_length = has_value ? vo[end + 1] - vo[end] : -1;
+        int64_t delta = end - start;
+        int64_t body = 1 + varint_size(0) + varint_size(delta) + varint_size(key_length) +
+                       (key_length > 0 ? key_length : 0) + varint_size(value_length) +
+                       (value_length > 0 ? value_length : 0) + varint_size(0);
+        if (end > start && (Py_ssize_t)(out.len + varint_size(body) + body) > max_bytes) break;
+        unsigned char attributes = 0;
+        if (push_varint(&out, body) < 0 || buf_push(&out, &attributes, 1) < 0 ||
+            push_varint(&out, 0) < 0 || push_varint(&out, delta) < 0 ||
+            push_varint(&out, key_length) < 0 ||
+            (key_length > 0 &&
+             buf_push(&out, (const char *)key_data.buf + ko[end], (size_t)key_length) < 0) ||
+            push_varint(&out, value_length) < 0 ||
+            (value_length > 0 &&
+             buf_push(&out, (const char *)value_data.buf + vo[end], (size_t)value_length) < 0) ||
+            push_varint(&out, 0) < 0)
+            goto nomemory;
+    }
+    unsigned char *h = (unsigned char *)out.ptr;
+    put_be(h + 8, out.len - 12, 4);             /* batch length */
+    put_be(h + 12, 0, 4);                       /* partition leader epoch */
+    h[16] = 2;                                  /* magic */
+    put_be(h + 23, (uint64_t)(end - start - 1), 4);
+    put_be(h + 27, (uint64_t)timestamp, 8);     /* first timestamp */
+    put_be(h + 35, (uint64_t)timestamp, 8);     /* max timestamp */
+    put_be(h + 43, (uint64_t)-1, 8);            /* producer id */
+    put_be(h + 51, 0xFFFF, 2);                  /* producer epoch */
+    put_be(h + 53, 0xFFFFFFFF, 4);              /* base sequence */
+    put_be(h + 57, (uint64_t)(end - start), 4); /* records */
+    put_be(h + 17, crc32c(h + 21, out.len - 21), 4);
+    result = Py_BuildValue("(y#n)", out.ptr, (Py_ssize_t)out.len, end);
+    goto done;
+nomemory:
+    PyErr_NoMemory();
+done:
+    free(out.ptr);
+    PyBuffer_Release(&key_offsets);
+    PyBuffer_Release(&key_data);
+    PyBuffer_Release(&value_offsets);
+    PyBuffer_Release(&value_data);
+    if (key_valid.obj) PyBuffer_Release(&key_valid);
+    if (value_valid.obj) PyBuffer_Release(&value_valid);
     return result;
 }

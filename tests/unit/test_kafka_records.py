@@ -100,3 +100,36 @@ def test_a_batch_cut_short_waits_for_the_next_fetch_and_a_bad_crc_is_an_error() 
     corrupt[-1] ^= 1
     with pytest.raises(ValueError, match="corrupt Kafka record batch"):
         _native.kafka_records(bytes(corrupt), 0, 10)
+
+
+def columns(items: list[bytes | None]) -> tuple[bytes, bytes, bytes]:
+    offsets, data = [0], b""
+    for item in items:
+        data += item or b""
+        offsets.append(len(data))
+    return np.array(offsets, np.int64).tobytes(), data, bytes(i is not None for i in items)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(st.tuples(keys_and_values, keys_and_values), min_size=1, max_size=30),
+    max_bytes=st.integers(1, 600),
+)
+def test_batches_built_natively_read_back_in_aiokafka_as_written(
+    rows: list[tuple[bytes | None, bytes | None]], max_bytes: int
+) -> None:
+    keys, values = columns([k for k, _ in rows]), columns([v for _, v in rows])
+    read, start = [], 0
+    while start < len(rows):  # size-bound batches, each taking at least one row
+        batch, end = _native.kafka_batch(keys, values, start, max_bytes, 1_700_000_000_123)
+        assert end > start
+        assert end == start + 1 or len(batch) <= max_bytes
+        records = MemoryRecords(batch).next_batch()
+        assert records.validate_crc()
+        batch_rows = [(r.offset, r.timestamp, r.key, r.value, list(r.headers)) for r in records]
+        # offsets are relative to the batch: the broker gives it its base offset
+        assert [offset for offset, *_ in batch_rows] == list(range(end - start))
+        read += batch_rows
+        start = end
+    assert [(k, v) for _, _, k, v, _ in read] == rows
+    assert all(ts == 1_700_000_000_123 and not headers for _, ts, _, _, headers in read)
