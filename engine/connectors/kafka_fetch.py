@@ -59,6 +59,19 @@ async def fetch(
     """At most `max_records` fetched records as one raw batch (`_raw` and the envelope,
     partitions in turn), and each partition's next offset after them; None when nothing
     arrived within `timeout_ms`. Raises what `getmany` raises."""
+    fetched = await fetch_partitions(consumer, timeout_ms, max_records)
+    if fetched is None:
+        return None
+    frames = [frame for frame, _ in fetched.values()]
+    advanced = {tp: next_offset for tp, (_, next_offset) in fetched.items()}
+    return (frames[0] if len(frames) == 1 else pl.concat(frames)), advanced
+
+
+async def fetch_partitions(
+    consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int
+) -> dict[TopicPartition, tuple[pl.DataFrame, int]] | None:
+    """`fetch`, by partition: each one's raw batch and next offset (for readers of several
+    topics, whose raw batches do not say the topic)."""
     if consumer._closed:
         raise ConsumerStoppedError()
     consumer._coordinator.check_errors()
@@ -67,30 +80,28 @@ async def fetch(
         while True:
             if fetcher._subscriptions.reassignment_in_progress:
                 await fetcher._subscriptions.wait_for_assignment()
-            frames: list[pl.DataFrame] = []
-            advanced: dict[TopicPartition, int] = {}
+            taken: dict[TopicPartition, tuple[pl.DataFrame, int]] = {}
             remaining = max_records
             for tp in list(fetcher._records):
                 result = fetcher._records[tp]
                 if type(result) is not aiokafka_fetcher.FetchResult:
-                    if frames:  # raised with the next call, as getmany does
+                    if taken:  # raised with the next call, as getmany does
                         break
                     del fetcher._records[tp]
                     fetcher._notify(fetcher._wait_consume_future)
                     result.check_raise()
-                taken = _take(tp, result, remaining)
+                read = _take(tp, result, remaining)
                 if not result.has_more():  # all read: fetch this partition again
                     del fetcher._records[tp]
                     fetcher._notify(fetcher._wait_consume_future)
-                if taken is None:
+                if read is None:
                     continue
-                frame, advanced[tp] = taken
-                frames.append(frame)
-                remaining -= frame.height
+                taken[tp] = read
+                remaining -= read[0].height
                 if not remaining:
                     break
-            if frames:
-                return pl.concat(frames), advanced
+            if taken:
+                return taken
             if not timeout_ms:
                 return None
             waiter = fetcher._create_fetch_waiter()
