@@ -291,6 +291,9 @@ def latency(bootstrap: str, rate: float, duration_s: float, tag: str) -> dict[st
     print(f"generating {count:,} W1 messages (seed {SEED}) and their reference", flush=True)
     messages = list(generate(count, seed=SEED))
     expected = expect(messages)
+    # built before the engine starts: it ends once idle for IDLE_MS, and framing millions
+    # of messages takes seconds
+    frame = input_frame(messages)
     asyncio.run(ensure_topics(bootstrap, {input_topic: PARTITIONS}))
     reader = OutputReader(
         bootstrap,
@@ -302,10 +305,13 @@ def latency(bootstrap: str, rate: float, duration_s: float, tag: str) -> dict[st
     engine = Engine(bootstrap, input_topic, output_suffix)
     engine.wait_assigned()
     print(f"producing at {rate:,.0f} msg/s for {duration_s:g} s", flush=True)
-    achieved = asyncio.run(
-        _produce_and_read(bootstrap, input_topic, input_frame(messages), rate, reader, engine)
-    )
+    achieved = asyncio.run(_produce_and_read(bootstrap, input_topic, frame, rate, reader, engine))
     latencies = reader.latencies()
+    if not len(latencies):
+        raise RuntimeError(
+            f"no routed output was read (read per topic: {reader.counts}, not in the "
+            f"reference: {reader.unexpected}, engine: {engine.result()}): nothing to time"
+        )
     return {
         "rate": achieved,
         "messages": count,
