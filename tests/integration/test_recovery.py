@@ -138,19 +138,24 @@ def test_w1_killed_twice_and_run_again_equals_the_reference(
         beyond = []
         killed_at: Checkpoint | None = None
         for _ in range(2):
-            # A checkpointed run assigns itself w1.in's partitions: no group join, and no
-            # killed member's session to wait out, so a restart reads as soon as it starts.
-            process = await start_w1(bootstrap, workdir, log)
-            feeder.allowed.set()
-            # Checkpoint 0 is written before any input; a kill needs outputs past a later
-            # one, which the next run must drop when it produces them again.
-            after = 1 if killed_at is None else killed_at.number + 2
-            await wait_for_checkpoint(process, store, after, outputs_past_it_in=bootstrap)
-            process.send_signal(signal.SIGKILL)
-            await process.wait()
-            feeder.allowed.clear()
-            killed_at = store.load()
-            assert killed_at is not None
+            # Kill until the kill leaves outputs past the last checkpoint (the run may write
+            # a newer checkpoint between the look and the kill): those the next run must
+            # drop when it produces them again. Every try is a kill and a restart as well.
+            for _attempt in range(5):
+                # A checkpointed run assigns itself w1.in's partitions: no group join, and
+                # no killed member's session to wait out, so a restart reads at once.
+                process = await start_w1(bootstrap, workdir, log)
+                feeder.allowed.set()
+                # Checkpoint 0 is written before any input: the kill comes after a later one.
+                after = 1 if killed_at is None else killed_at.number + 2
+                await wait_for_checkpoint(process, store, after, outputs_past_it_in=bootstrap)
+                process.send_signal(signal.SIGKILL)
+                await process.wait()
+                feeder.allowed.clear()
+                killed_at = store.load()
+                assert killed_at is not None
+                if await written_since(bootstrap, killed_at):
+                    break
             beyond.append(await written_since(bootstrap, killed_at))
             # committed offsets never run ahead of the checkpoint
             commits = await committed(bootstrap, W1_GROUP, "w1.in", 4)
