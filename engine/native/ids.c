@@ -28,7 +28,7 @@
  *   largest() -> [(partition, largest time)]; set_largest(partition, time).
  *   len(index): entries held, dead and expired ones included until compaction.
  */
-#include "buffer.h"
+#include "keys.h"
 
 typedef struct {
     uint64_t hash; /* 0: dead (superseded by a later emission) */
@@ -39,11 +39,6 @@ typedef struct {
 } Entry;
 
 typedef struct {
-    int32_t partition;
-    int64_t largest;
-} Progress;
-
-typedef struct {
     PyObject_HEAD
     int64_t horizon;
     Entry *entries;
@@ -52,57 +47,17 @@ typedef struct {
     size_t capacity; /* a power of two, >= 2 * room */
     Buf keys;
     size_t count_after_compaction;
-    Progress *progress;
-    size_t partitions, progress_room;
+    Partitions partitions;
 } IdIndex;
 
-static uint64_t mix(uint64_t h) {
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ULL;
-    h ^= h >> 33;
-    return h;
-}
-
 static uint64_t key_hash(int32_t partition, const unsigned char *key, size_t len) {
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)(uint32_t)partition << 32) ^ len;
-    while (len >= 8) {
-        uint64_t word;
-        memcpy(&word, key, 8);
-        h = (h ^ mix(word)) * 0x9E3779B97F4A7C15ULL;
-        key += 8;
-        len -= 8;
-    }
-    uint64_t tail = 0;
-    memcpy(&tail, key, len);
-    h = mix(h ^ mix(tail + len));
-    return h ? h : 1;
-}
-
-/* The partition's progress, created (largest = INT64_MIN) when first seen. */
-static Progress *progress_of(IdIndex *index, int32_t partition) {
-    for (size_t i = 0; i < index->partitions; i++)
-        if (index->progress[i].partition == partition) return &index->progress[i];
-    if (index->partitions == index->progress_room) {
-        size_t room = index->progress_room ? 2 * index->progress_room : 8;
-        Progress *grown = realloc(index->progress, room * sizeof(Progress));
-        if (!grown) return NULL;
-        index->progress = grown;
-        index->progress_room = room;
-    }
-    Progress *fresh = &index->progress[index->partitions++];
-    fresh->partition = partition;
-    fresh->largest = INT64_MIN;
-    return fresh;
+    return hash_key(mix64((uint64_t)(uint32_t)partition), key, (uint32_t)len);
 }
 
 static int64_t floor_of(IdIndex *index, int32_t partition) {
-    for (size_t i = 0; i < index->partitions; i++)
-        if (index->progress[i].partition == partition) {
-            int64_t largest = index->progress[i].largest;
-            return largest < INT64_MIN + index->horizon ? INT64_MIN : largest - index->horizon;
-        }
+    for (size_t i = 0; i < index->partitions.count; i++)
+        if (index->partitions.items[i].partition == partition)
+            return behind_largest(&index->partitions.items[i], index->horizon);
     return INT64_MIN;
 }
 
@@ -260,7 +215,7 @@ static PyObject *index_process(IdIndex *index, PyObject *args) {
     for (Py_ssize_t row = 0; row < c.rows && !failed; row++) {
         int32_t partition = partitions[row];
         if (!progress || progress->partition != partition) {
-            progress = progress_of(index, partition);
+            progress = progress_of(&index->partitions, partition);
             if (!progress) {
                 failed = 1;
                 break;
@@ -278,9 +233,7 @@ static PyObject *index_process(IdIndex *index, PyObject *args) {
         }
         uint32_t *slot = slot_of(index, hash, partition, key, len);
         if (*slot) {
-            int64_t previous = index->entries[*slot - 1].time;
-            int64_t largest = progress->largest;
-            if (largest < INT64_MIN + index->horizon || previous >= largest - index->horizon) {
+            if (index->entries[*slot - 1].time >= behind_largest(progress, index->horizon)) {
                 keep[row] = 0;
                 continue;
             }
@@ -358,11 +311,11 @@ static PyObject *index_entries(IdIndex *index, PyObject *unused) {
 }
 
 static PyObject *index_largest(IdIndex *index, PyObject *unused) {
-    PyObject *result = PyList_New((Py_ssize_t)index->partitions);
+    PyObject *result = PyList_New((Py_ssize_t)index->partitions.count);
     if (!result) return NULL;
-    for (size_t i = 0; i < index->partitions; i++) {
-        PyObject *pair = Py_BuildValue("(iL)", index->progress[i].partition,
-                                       (long long)index->progress[i].largest);
+    for (size_t i = 0; i < index->partitions.count; i++) {
+        PyObject *pair = Py_BuildValue("(iL)", index->partitions.items[i].partition,
+                                       (long long)index->partitions.items[i].largest);
         if (!pair) {
             Py_DECREF(result);
             return NULL;
@@ -376,7 +329,7 @@ static PyObject *index_set_largest(IdIndex *index, PyObject *args) {
     int partition;
     long long largest;
     if (!PyArg_ParseTuple(args, "iL", &partition, &largest)) return NULL;
-    Progress *progress = progress_of(index, partition);
+    Progress *progress = progress_of(&index->partitions, partition);
     if (!progress) return PyErr_NoMemory();
     progress->largest = largest;
     Py_RETURN_NONE;
@@ -399,7 +352,7 @@ static void index_dealloc(IdIndex *index) {
     free(index->entries);
     free(index->slots);
     free(index->keys.ptr);
-    free(index->progress);
+    free(index->partitions.items);
     Py_TYPE(index)->tp_free((PyObject *)index);
 }
 

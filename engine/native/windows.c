@@ -26,7 +26,7 @@
  * int64, last_sequence int64, accumulators: list of int64), each column a bytes object and
  * keys as (offsets, data, validity).
  */
-#include "buffer.h"
+#include "keys.h"
 
 typedef struct {
     uint64_t hash;
@@ -36,11 +36,6 @@ typedef struct {
     int32_t partition;
     int32_t closed;
 } Window;
-
-typedef struct {
-    int32_t partition;
-    int64_t largest, seen;
-} Progress;
 
 typedef struct {
     PyObject_HEAD
@@ -53,56 +48,13 @@ typedef struct {
     uint32_t *slots;
     size_t capacity;
     Buf keys;
-    Progress *progress;
-    size_t partitions, progress_room;
+    Partitions partitions;
 } TumblingTable;
-
-#define NULL_LEN UINT32_MAX
-
-static uint64_t mix64(uint64_t h) {
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ULL;
-    h ^= h >> 33;
-    return h;
-}
 
 static uint64_t window_hash(int32_t partition, int64_t start, const unsigned char *key,
                             uint32_t len) {
-    uint64_t h = mix64(((uint64_t)(uint32_t)partition << 32) ^ len) ^ mix64((uint64_t)start);
-    if (len == NULL_LEN) return h ? h : 1;
-    while (len >= 8) {
-        uint64_t word;
-        memcpy(&word, key, 8);
-        h = (h ^ mix64(word)) * 0x9E3779B97F4A7C15ULL;
-        key += 8;
-        len -= 8;
-    }
-    uint64_t tail = 0;
-    memcpy(&tail, key, len);
-    h = mix64(h ^ mix64(tail + len));
-    return h ? h : 1;
-}
-
-static Progress *progress_of(TumblingTable *t, int32_t partition) {
-    for (size_t i = 0; i < t->partitions; i++)
-        if (t->progress[i].partition == partition) return &t->progress[i];
-    if (t->partitions == t->progress_room) {
-        size_t room = t->progress_room ? 2 * t->progress_room : 8;
-        Progress *grown = realloc(t->progress, room * sizeof(Progress));
-        if (!grown) return NULL;
-        t->progress = grown;
-        t->progress_room = room;
-    }
-    Progress *fresh = &t->progress[t->partitions++];
-    *fresh = (Progress){partition, INT64_MIN, 0};
-    return fresh;
-}
-
-static int64_t watermark_of(const TumblingTable *t, const Progress *p) {
-    if (p->largest == INT64_MIN) return INT64_MIN;
-    return p->largest < INT64_MIN + t->lateness ? INT64_MIN : p->largest - t->lateness;
+    return hash_key(mix64(((uint64_t)(uint32_t)partition << 32) ^ mix64((uint64_t)start)), key,
+                    len);
 }
 
 static int rebuild_slots(TumblingTable *t, size_t capacity) {
@@ -370,7 +322,7 @@ static PyObject *table_process(TumblingTable *t, PyObject *args) {
     Progress *progress = NULL;
     for (Py_ssize_t r = 0; r < rows; r++) {
         if (!progress || progress->partition != partitions[r]) {
-            progress = progress_of(t, partitions[r]);
+            progress = progress_of(&t->partitions, partitions[r]);
             if (!progress) {
                 PyErr_NoMemory();
                 goto done;
@@ -380,7 +332,7 @@ static PyObject *table_process(TumblingTable *t, PyObject *args) {
         if (time > progress->largest) progress->largest = time;
         int64_t remainder = time % t->size;
         int64_t start = time - (remainder < 0 ? remainder + t->size : remainder);
-        is_late[r] = start + t->size <= watermark_of(t, progress);
+        is_late[r] = start + t->size <= behind_largest(progress, t->lateness);
         if (is_late[r]) continue;
         uint32_t len, first_len;
         const unsigned char *key = string_at(&keys, r, &len);
@@ -414,8 +366,9 @@ static PyObject *table_process(TumblingTable *t, PyObject *args) {
     const Progress *cached = NULL;
     for (size_t i = 0; i < t->count; i++) {
         Window *w = &t->windows[i];
-        if (!cached || cached->partition != w->partition) cached = progress_of(t, w->partition);
-        w->closed = closing[i] = w->start + t->size <= watermark_of(t, cached);
+        if (!cached || cached->partition != w->partition)
+            cached = progress_of(&t->partitions, w->partition);
+        w->closed = closing[i] = w->start + t->size <= behind_largest(cached, t->lateness);
     }
     PyObject *closed = columns_of(t, closing);
     free(closing);
@@ -506,10 +459,10 @@ done:
 }
 
 static PyObject *table_progress(TumblingTable *t, PyObject *unused) {
-    PyObject *result = PyList_New((Py_ssize_t)t->partitions);
+    PyObject *result = PyList_New((Py_ssize_t)t->partitions.count);
     if (!result) return NULL;
-    for (size_t i = 0; i < t->partitions; i++) {
-        const Progress *p = &t->progress[i];
+    for (size_t i = 0; i < t->partitions.count; i++) {
+        const Progress *p = &t->partitions.items[i];
         PyObject *largest = p->largest == INT64_MIN ? Py_NewRef(Py_None)
                                                      : PyLong_FromLongLong(p->largest);
         PyObject *entry = largest ? Py_BuildValue("(iNL)", p->partition, largest,
@@ -534,7 +487,7 @@ static PyObject *table_set_progress(TumblingTable *t, PyObject *args) {
         value = PyLong_AsLongLong(largest);
         if (value == -1 && PyErr_Occurred()) return NULL;
     }
-    Progress *p = progress_of(t, partition);
+    Progress *p = progress_of(&t->partitions, partition);
     if (!p) return PyErr_NoMemory();
     p->largest = value;
     p->seen = seen;
@@ -568,7 +521,7 @@ static void table_dealloc(TumblingTable *t) {
     free(t->acc);
     free(t->slots);
     free(t->keys.ptr);
-    free(t->progress);
+    free(t->partitions.items);
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
