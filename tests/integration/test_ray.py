@@ -133,13 +133,21 @@ def test_a_rescale_1_2_1_mid_stream_gives_the_same_outputs(
     spec = w1_files(w1_input, tmp_path / "out", batch_size=2_000)
     runner = RayRunner(build_plan(spec), workers=1)
     seen: list[int] = []
+    asked: set[int] = set()  # each rescale asked once: a late second ask would undo the next
+    asking = threading.Lock()
+
+    def ask(workers: int) -> bool:
+        with asking:
+            first = workers not in asked
+            asked.add(workers)
+            return first
 
     def progress(count: int) -> None:
         seen.append(count)
         total = sum(seen)
-        if total >= 30_000 and runner.rescales == 0:
+        if total >= 30_000 and runner.rescales == 0 and ask(2):
             scale(spec.name, 2)  # as `conflux scale w1 --workers 2` does, via the cluster
-        if total >= 60_000 and runner.rescales == 1:
+        if total >= 60_000 and runner.rescales == 1 and ask(1):
             runner.scale(1)  # the Python API
 
     # `scale` waits for the driver, which runs the callback: ask from another thread
