@@ -126,3 +126,29 @@ def value_buffers(values: pa.LargeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.frombuffer(values.buffers()[1], np.int64, count + 1, values.offset * 8)
     data = np.frombuffer(values.buffers()[2] or b"\0", np.uint8)
     return offsets, data
+
+
+def binary_columns(series: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A String or Binary column as native code takes it: value offsets and data (as
+    `value_buffers`), and one validity byte per row (None when no value is null)."""
+    values = series.to_arrow()
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    offsets, data = value_buffers(values.cast(pa.large_binary()))
+    valid = series.is_not_null().to_numpy().view(np.uint8) if series.null_count() else None
+    return offsets, data, valid
+
+
+def binary_array(
+    arrow_type: pa.DataType, offsets: pa.Buffer, data: pa.Buffer, valid: object
+) -> pa.Array:
+    """The inverse of `binary_columns`: a large (string or binary) Arrow array of native
+    code's int64 `offsets`, `data` and one validity byte per value in `valid`."""
+    flags = np.frombuffer(valid, np.bool_)
+    validity = None if flags.all() else pa.py_buffer(np.packbits(flags, bitorder="little"))
+    return pa.Array.from_buffers(arrow_type, len(flags), [validity, offsets, data])
+
+
+def numpy_column(series: pl.Series, dtype: type[np.generic]) -> np.ndarray:
+    """A column's values as one contiguous numpy array of `dtype`, for native code."""
+    return np.ascontiguousarray(series.to_numpy(), dtype)

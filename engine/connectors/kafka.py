@@ -34,7 +34,6 @@ from typing import Any, Literal, Protocol, TypeVar
 import msgspec
 import numpy as np
 import polars as pl
-import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
@@ -54,7 +53,7 @@ from engine.batch import (
     PARTITION,
     REASON,
     STAGE,
-    value_buffers,
+    binary_columns,
 )
 from engine.connectors.base import Offsets, Position, SinkPosition
 from engine.connectors.encoding import encode_values, is_dead_letter
@@ -866,7 +865,7 @@ class PrebuiltBatch:
 def _native_batches(keys: pl.Series, values: pl.Series) -> BatchesFrom:
     """Rows built into batches by native code (`engine._native.kafka_batch`) in one pass,
     each record stamped with the time its batch is built, as aiokafka stamps them."""
-    key_columns, value_columns = _binary_columns(keys), _binary_columns(values)
+    key_columns, value_columns = binary_columns(keys), binary_columns(values)
 
     def batch_from(start: int) -> tuple[PrebuiltBatch, int]:
         now_ms = int(time.time() * 1000)
@@ -874,16 +873,6 @@ def _native_batches(keys: pl.Series, values: pl.Series) -> BatchesFrom:
         return PrebuiltBatch(data, end - start), end
 
     return batch_from
-
-
-def _binary_columns(series: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """A Binary column's offsets, data and validity bytes (None: no nulls)."""
-    values = series.to_arrow()
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    offsets, data = value_buffers(values.cast(pa.large_binary()))
-    valid = series.is_not_null().to_numpy().astype(np.uint8) if series.null_count() else None
-    return offsets, data, valid
 
 
 def _fill(

@@ -27,7 +27,16 @@ from aiokafka.consumer import fetcher as aiokafka_fetcher
 from aiokafka.errors import ConsumerStoppedError
 
 from engine import _native
-from engine.batch import HEADER_ARROW_TYPE, HEADERS, KEY, OFFSET, PARTITION, RAW, TIMESTAMP
+from engine.batch import (
+    HEADER_ARROW_TYPE,
+    HEADERS,
+    KEY,
+    OFFSET,
+    PARTITION,
+    RAW,
+    TIMESTAMP,
+    binary_array,
+)
 from engine.json_scan import arrow_buffer
 
 _MEMORY_RECORDS = aiokafka_fetcher.MemoryRecords
@@ -136,8 +145,8 @@ def _take(
         return None
     table = pa.table(
         {
-            RAW: _binary(values, count),
-            KEY: _binary(keys, count),
+            RAW: _binary(values),
+            KEY: _binary(keys),
             PARTITION: pa.array(np.full(count, tp.partition, np.int32)),
             OFFSET: pa.Array.from_buffers(pa.int64(), count, [None, _buffer(offsets)]),
             TIMESTAMP: pa.Array.from_buffers(pa.int64(), count, [None, _buffer(timestamps)]),
@@ -149,13 +158,10 @@ def _take(
     return frame, next_offset
 
 
-def _binary(column: tuple, count: int) -> pa.Array:
+def _binary(column: tuple) -> pa.Array:
+    """A large_binary array of the native reader's (offsets, data, validity bytes)."""
     offsets, data, valid = column
-    flags = np.frombuffer(_buffer(valid), np.bool_)
-    validity = None if flags.all() else pa.py_buffer(np.packbits(flags, bitorder="little"))
-    return pa.Array.from_buffers(
-        pa.large_binary(), count, [validity, _buffer(offsets), _buffer(data)]
-    )
+    return binary_array(pa.large_binary(), _buffer(offsets), _buffer(data), _buffer(valid))
 
 
 def _buffer(handed: tuple[int, int, object] | bytes) -> pa.Buffer:

@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 
 from engine import _native
-from engine.batch import KEY, PARTITION, value_buffers
+from engine.batch import KEY, PARTITION, binary_array, binary_columns, numpy_column
 from engine.operators.window_columns import (
     FIRST_KEY,
     FIRST_SEQUENCE,
@@ -27,9 +27,6 @@ from engine.operators.window_columns import (
     WINDOW_END,
     WINDOW_START,
 )
-
-#: A string column as the table takes it: offsets, data, one validity byte per row or None.
-Strings = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 
 @dataclass(frozen=True)
@@ -66,10 +63,10 @@ class NativeWindows:
             for _, op, field, _ in self.layout.accumulators
         ]
         late, closed = self.table.process(
-            _contiguous(batch[PARTITION], np.int32),
-            _contiguous(times, np.int64),
-            _strings(batch[self.layout.key]),
-            _strings(batch[KEY]),
+            numpy_column(batch[PARTITION], np.int32),
+            numpy_column(times, np.int64),
+            binary_columns(batch[self.layout.key]),
+            binary_columns(batch[KEY]),
             values,
         )
         return self._emitted(closed), np.frombuffer(late, np.bool_)
@@ -133,12 +130,12 @@ class NativeWindows:
         if windows.height:
             native.table.add_windows(
                 (
-                    _contiguous(windows[PARTITION], np.int32),
-                    _contiguous(windows[WINDOW_START], np.int64),
-                    _strings(windows[layout.key]),
-                    _strings(windows[FIRST_KEY]),
-                    _contiguous(windows[FIRST_SEQUENCE], np.int64),
-                    _contiguous(windows[LAST_SEQUENCE], np.int64),
+                    numpy_column(windows[PARTITION], np.int32),
+                    numpy_column(windows[WINDOW_START], np.int64),
+                    binary_columns(windows[layout.key]),
+                    binary_columns(windows[FIRST_KEY]),
+                    numpy_column(windows[FIRST_SEQUENCE], np.int64),
+                    numpy_column(windows[LAST_SEQUENCE], np.int64),
                     [_int64(windows[column]) for column, _, _, _ in layout.accumulators],
                 )
             )
@@ -149,34 +146,14 @@ def _integer(dtype: pl.DataType | None) -> bool:
     return dtype is not None and dtype.is_integer() and dtype != pl.UInt64
 
 
-def _contiguous(series: pl.Series, dtype: type[np.generic]) -> np.ndarray:
-    return np.ascontiguousarray(series.to_numpy(), dtype)
-
-
 def _int64(series: pl.Series) -> np.ndarray:
     """Integers as int64, a null as 0 (sums skip nulls)."""
     if series.null_count():
         series = series.fill_null(0)
-    return _contiguous(series, np.int64)
-
-
-def _strings(series: pl.Series) -> Strings:
-    values = series.to_arrow()
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    offsets, data = value_buffers(values.cast(pa.large_binary()))
-    valid = None
-    if series.null_count():
-        valid = series.is_not_null().to_numpy().astype(np.uint8)
-    return offsets, data, valid
+    return numpy_column(series, np.int64)
 
 
 def _series(name: str, columns: tuple[bytes, bytes, bytes], arrow_type: pa.DataType) -> pl.Series:
     offsets, data, valid = columns
-    count = len(offsets) // 8 - 1
-    flags = np.frombuffer(valid, np.bool_)
-    validity = None if flags.all() else pa.py_buffer(np.packbits(flags, bitorder="little"))
-    values = pa.Array.from_buffers(
-        arrow_type, count, [validity, pa.py_buffer(offsets), pa.py_buffer(data)]
-    )
+    values = binary_array(arrow_type, pa.py_buffer(offsets), pa.py_buffer(data), valid)
     return pl.Series(name, values)

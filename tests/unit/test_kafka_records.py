@@ -52,8 +52,8 @@ def read_natively(data: bytes, fetch_offset: int, max_records: int) -> tuple[lis
     rows = zip(
         np.frombuffer(_buffer(offsets), np.int64).tolist(),
         np.frombuffer(_buffer(timestamps), np.int64).tolist(),
-        _binary(keys, count).to_pylist(),
-        _binary(values, count).to_pylist(),
+        _binary(keys).to_pylist(),
+        _binary(values).to_pylist(),
         strict=True,
     )
     return list(rows), next_offset
