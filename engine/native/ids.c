@@ -20,9 +20,9 @@
  * the order. Memory is bounded by about twice the ids emitted within one horizon.
  *
  * Interface (engine._native.IdIndex(horizon_ms)):
- *   process(partitions int32, times int64, offsets int64, keys, identified uint8 | None)
- *       -> bytes: one 0/1 per row, whether it is kept. `offsets` (rows + 1) cut `keys`.
- *   remember(partitions, times, offsets, keys): entries as emitted, in order (restore).
+ *   process(partitions int32, times int64, keys) -> bytes: one 0/1 per row, whether it is
+ *       kept. `keys` is a string column (strings.h); a null key is an unidentified row.
+ *   remember(partitions, times, keys): entries as emitted, in order (restore).
  *   entries() -> (partitions, times, offsets, keys): the live entries within the horizon,
  *       in emission order, as bytes objects of those types.
  *   largest() -> [(partition, largest time)]; set_largest(partition, time).
@@ -154,44 +154,33 @@ static int compact(IdIndex *index) {
 }
 
 typedef struct {
-    Py_buffer partitions, times, offsets, keys, identified;
+    Py_buffer partitions, times;
+    Strings keys;
     Py_ssize_t rows;
 } Columns;
 
 static void release(Columns *c) {
     PyBuffer_Release(&c->partitions);
     PyBuffer_Release(&c->times);
-    PyBuffer_Release(&c->offsets);
-    PyBuffer_Release(&c->keys);
-    if (c->identified.obj) PyBuffer_Release(&c->identified);
+    release_strings(&c->keys);
 }
 
-/* Parse and check the column buffers; 0, or -1 with an exception set. */
-static int columns_from(PyObject *args, Columns *c, int with_identified) {
+/* Parse and check (partitions, times, keys); 0, or -1 with an exception set. */
+static int columns_from(PyObject *args, Columns *c) {
     memset(c, 0, sizeof(*c));
-    PyObject *identified = Py_None;
-    int parsed = with_identified ? PyArg_ParseTuple(args, "y*y*y*y*O", &c->partitions, &c->times,
-                                                    &c->offsets, &c->keys, &identified)
-                                 : PyArg_ParseTuple(args, "y*y*y*y*", &c->partitions, &c->times,
-                                                    &c->offsets, &c->keys);
-    if (!parsed) return -1;
-    if (identified != Py_None && PyObject_GetBuffer(identified, &c->identified, PyBUF_SIMPLE) < 0) {
-        release(c);
+    PyObject *keys;
+    if (!PyArg_ParseTuple(args, "y*y*O", &c->partitions, &c->times, &keys)) return -1;
+    c->rows = c->partitions.len / 4;
+    if (c->partitions.len % 4 || c->times.len != c->rows * 8) {
+        PyBuffer_Release(&c->partitions);
+        PyBuffer_Release(&c->times);
+        PyErr_SetString(PyExc_ValueError,
+                        "IdIndex: expected int32 partitions and as many int64 times");
         return -1;
     }
-    c->rows = c->partitions.len / 4;
-    int ok = c->partitions.len % 4 == 0 && c->times.len == c->rows * 8 &&
-             c->offsets.len == (c->rows + 1) * 8 &&
-             (!c->identified.obj || c->identified.len == c->rows);
-    const int64_t *offsets = c->offsets.buf;
-    for (Py_ssize_t row = 0; ok && row < c->rows; row++)
-        ok = offsets[row] >= 0 && offsets[row] <= offsets[row + 1] &&
-             offsets[row + 1] <= c->keys.len && offsets[row + 1] - offsets[row] < UINT32_MAX;
-    if (!ok) {
-        release(c);
-        PyErr_SetString(PyExc_ValueError,
-                        "IdIndex: expected int32 partitions, int64 times and rows + 1 int64 "
-                        "offsets within the keys, one identified byte per row");
+    if (strings_from(keys, &c->keys, &c->rows, "IdIndex") < 0) {
+        PyBuffer_Release(&c->partitions);
+        PyBuffer_Release(&c->times);
         return -1;
     }
     return 0;
@@ -199,7 +188,7 @@ static int columns_from(PyObject *args, Columns *c, int with_identified) {
 
 static PyObject *index_process(IdIndex *index, PyObject *args) {
     Columns c;
-    if (columns_from(args, &c, 1) < 0) return NULL;
+    if (columns_from(args, &c) < 0) return NULL;
     PyObject *kept = PyBytes_FromStringAndSize(NULL, c.rows);
     if (!kept) {
         release(&c);
@@ -207,8 +196,7 @@ static PyObject *index_process(IdIndex *index, PyObject *args) {
     }
     char *keep = PyBytes_AS_STRING(kept);
     const int32_t *partitions = c.partitions.buf;
-    const int64_t *times = c.times.buf, *offsets = c.offsets.buf;
-    const unsigned char *keys = c.keys.buf, *identified = c.identified.buf;
+    const int64_t *times = c.times.buf;
     int failed = 0;
     Progress *progress = NULL;
     Py_BEGIN_ALLOW_THREADS;
@@ -223,9 +211,9 @@ static PyObject *index_process(IdIndex *index, PyObject *args) {
         }
         if (times[row] > progress->largest) progress->largest = times[row];
         keep[row] = 1;
-        if (identified && !identified[row]) continue;
-        const unsigned char *key = keys + offsets[row];
-        size_t len = (size_t)(offsets[row + 1] - offsets[row]);
+        uint32_t len;
+        const unsigned char *key = string_at(&c.keys, row, &len);
+        if (len == NULL_LEN) continue; /* unidentified: kept, not remembered */
         uint64_t hash = key_hash(partition, key, len);
         if (make_room(index) < 0) {
             failed = 1;
@@ -253,14 +241,14 @@ static PyObject *index_process(IdIndex *index, PyObject *args) {
 
 static PyObject *index_remember(IdIndex *index, PyObject *args) {
     Columns c;
-    if (columns_from(args, &c, 0) < 0) return NULL;
+    if (columns_from(args, &c) < 0) return NULL;
     const int32_t *partitions = c.partitions.buf;
-    const int64_t *times = c.times.buf, *offsets = c.offsets.buf;
-    const unsigned char *keys = c.keys.buf;
+    const int64_t *times = c.times.buf;
     int failed = 0;
     for (Py_ssize_t row = 0; row < c.rows && !failed; row++) {
-        const unsigned char *key = keys + offsets[row];
-        size_t len = (size_t)(offsets[row + 1] - offsets[row]);
+        uint32_t len;
+        const unsigned char *key = string_at(&c.keys, row, &len);
+        if (len == NULL_LEN) continue; /* an unidentified row was never remembered */
         uint64_t hash = key_hash(partitions[row], key, len);
         failed = make_room(index) < 0 ||
                  emit(index, slot_of(index, hash, partitions[row], key, len), hash,
@@ -358,9 +346,9 @@ static void index_dealloc(IdIndex *index) {
 
 static PyMethodDef index_methods[] = {
     {"process", (PyCFunction)index_process, METH_VARARGS,
-     "process(partitions, times, offsets, keys, identified) -> bytes: 1 per kept row."},
+     "process(partitions, times, keys) -> bytes: 1 per kept row."},
     {"remember", (PyCFunction)index_remember, METH_VARARGS,
-     "remember(partitions, times, offsets, keys): add emissions, in order."},
+     "remember(partitions, times, keys): add emissions, in order."},
     {"entries", (PyCFunction)index_entries, METH_NOARGS,
      "entries() -> (partitions, times, offsets, keys) of the live entries, in order."},
     {"largest", (PyCFunction)index_largest, METH_NOARGS,

@@ -4,10 +4,7 @@
 #ifndef CONFLUX_KEYS_H
 #define CONFLUX_KEYS_H
 
-#include "buffer.h"
-
-/* The length of a null key: no key's bytes are this long. */
-#define NULL_LEN UINT32_MAX
+#include "strings.h"
 
 static inline uint64_t mix64(uint64_t h) {
     h ^= h >> 33;

@@ -20,7 +20,7 @@
  * at most `max_records` are read, a batch cut short at the end of `data` is left (the broker
  * sends what fits). Raises ValueError on a corrupt batch (bad CRC or lengths).
  */
-#include "buffer.h"
+#include "strings.h"
 
 #define BATCH_HEADER 61 /* base offset .. records count, up to the first record */
 
@@ -285,35 +285,25 @@ static void put_be(unsigned char *p, uint64_t value, int bytes) {
  * timestamp_ms) -> (batch, end): one uncompressed v2 record batch, as aiokafka's producer
  * builds it (no producer id, every record stamped `timestamp_ms`, no headers), of the rows
  * from `start` on while it stays within `max_bytes` (the first row always goes in); `end` is
- * the first row left out. `keys` and `values` are (offsets int64, data, validity bytes or
- * None); a null key or value is written as Kafka's null. */
+ * the first row left out. `keys` and `values` are string columns (strings.h); a null key or
+ * value is written as Kafka's null. */
 PyObject *kafka_batch(PyObject *self, PyObject *args) {
-    Py_buffer key_offsets, key_data, value_offsets, value_data, key_valid = {0}, value_valid = {0};
-    PyObject *key_valid_obj, *value_valid_obj;
-    Py_ssize_t start, max_bytes;
+    PyObject *keys_tuple, *values_tuple;
+    Py_ssize_t start, max_bytes, rows = -1;
     long long timestamp;
-    if (!PyArg_ParseTuple(args, "(y*y*O)(y*y*O)nnL", &key_offsets, &key_data, &key_valid_obj,
-                          &value_offsets, &value_data, &value_valid_obj, &start, &max_bytes,
+    if (!PyArg_ParseTuple(args, "OOnnL", &keys_tuple, &values_tuple, &start, &max_bytes,
                           &timestamp))
         return NULL;
+    Strings keys, values;
+    if (strings_from(values_tuple, &values, &rows, "kafka_batch") < 0) return NULL;
+    if (strings_from(keys_tuple, &keys, &rows, "kafka_batch") < 0) {
+        release_strings(&values);
+        return NULL;
+    }
     PyObject *result = NULL;
     Buf out = {0};
-    Py_ssize_t rows = value_offsets.len / 8 - 1;
-    int have_key_valid = key_valid_obj != Py_None, have_value_valid = value_valid_obj != Py_None;
-    if ((have_key_valid && PyObject_GetBuffer(key_valid_obj, &key_valid, PyBUF_SIMPLE) < 0) ||
-        (have_value_valid && PyObject_GetBuffer(value_valid_obj, &value_valid, PyBUF_SIMPLE) < 0))
-        goto done;
-    const int64_t *ko = key_offsets.buf, *vo = value_offsets.buf;
-    int ok = rows >= 0 && key_offsets.len == value_offsets.len && start >= 0 && start < rows &&
-             (!have_key_valid || key_valid.len == rows) &&
-             (!have_value_valid || value_valid.len == rows);
-    for (Py_ssize_t r = 0; ok && r < rows; r++)
-        ok = ko[r] >= 0 && ko[r] <= ko[r + 1] && ko[r + 1] <= key_data.len && vo[r] >= 0 &&
-             vo[r] <= vo[r + 1] && vo[r + 1] <= value_data.len;
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError,
-                        "kafka_batch: keys and values need rows + 1 offsets within their data, "
-                        "one validity byte per row, and 0 <= start < rows");
+    if (start < 0 || start >= rows) {
+        PyErr_SetString(PyExc_ValueError, "kafka_batch: expected 0 <= start < rows");
         goto done;
     }
     static int crc_ready = 0;
@@ -326,10 +316,11 @@ PyObject *kafka_batch(PyObject *self, PyObject *args) {
     out.len = BATCH_HEADER;
     Py_ssize_t end = start;
     for (; end < rows; end++) {
-        int has_key = !have_key_valid || ((const char *)key_valid.buf)[end];
-        int has_value = !have_value_valid || ((const char *)value_valid.buf)[end];
-        int64_t key_length = has_key ? ko[end + 1] - ko[end] : -1;
-        int64_t value_length = has_value ? vo[end + 1] - vo[end] : -1;
+        uint32_t key_len, value_len;
+        const unsigned char *key = string_at(&keys, end, &key_len);
+        const unsigned char *value = string_at(&values, end, &value_len);
+        int64_t key_length = key_len == NULL_LEN ? -1 : (int64_t)key_len;
+        int64_t value_length = value_len == NULL_LEN ? -1 : (int64_t)value_len;
         int64_t delta = end - start;
         int64_t body = 1 + varint_size(0) + varint_size(delta) + varint_size(key_length) +
                        (key_length > 0 ? key_length : 0) + varint_size(value_length) +
@@ -339,11 +330,9 @@ PyObject *kafka_batch(PyObject *self, PyObject *args) {
         if (push_varint(&out, body) < 0 || buf_push(&out, &attributes, 1) < 0 ||
             push_varint(&out, 0) < 0 || push_varint(&out, delta) < 0 ||
             push_varint(&out, key_length) < 0 ||
-            (key_length > 0 &&
-             buf_push(&out, (const char *)key_data.buf + ko[end], (size_t)key_length) < 0) ||
+            (key_length > 0 && buf_push(&out, key, (size_t)key_length) < 0) ||
             push_varint(&out, value_length) < 0 ||
-            (value_length > 0 &&
-             buf_push(&out, (const char *)value_data.buf + vo[end], (size_t)value_length) < 0) ||
+            (value_length > 0 && buf_push(&out, value, (size_t)value_length) < 0) ||
             push_varint(&out, 0) < 0)
             goto nomemory;
     }
@@ -365,11 +354,7 @@ nomemory:
     PyErr_NoMemory();
 done:
     free(out.ptr);
-    PyBuffer_Release(&key_offsets);
-    PyBuffer_Release(&key_data);
-    PyBuffer_Release(&value_offsets);
-    PyBuffer_Release(&value_data);
-    if (key_valid.obj) PyBuffer_Release(&key_valid);
-    if (value_valid.obj) PyBuffer_Release(&value_valid);
+    release_strings(&keys);
+    release_strings(&values);
     return result;
 }

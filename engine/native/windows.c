@@ -133,53 +133,6 @@ static Window *window_for(TumblingTable *t, int32_t partition, int64_t start,
     return w;
 }
 
-typedef struct {
-    Py_buffer offsets, data, validity;
-    int has_validity;
-} Strings;
-
-static void release_strings(Strings *s) {
-    PyBuffer_Release(&s->offsets);
-    PyBuffer_Release(&s->data);
-    if (s->has_validity) PyBuffer_Release(&s->validity);
-}
-
-static int strings_from(PyObject *tuple, Strings *s, Py_ssize_t rows) {
-    memset(s, 0, sizeof(*s));
-    PyObject *validity;
-    if (!PyArg_ParseTuple(tuple, "y*y*O", &s->offsets, &s->data, &validity)) return -1;
-    if (validity != Py_None) {
-        if (PyObject_GetBuffer(validity, &s->validity, PyBUF_SIMPLE) < 0) {
-            release_strings(s);
-            return -1;
-        }
-        s->has_validity = 1;
-    }
-    int ok = s->offsets.len == (rows + 1) * 8 && (!s->has_validity || s->validity.len == rows);
-    const int64_t *offsets = s->offsets.buf;
-    for (Py_ssize_t r = 0; ok && r < rows; r++)
-        ok = offsets[r] >= 0 && offsets[r] <= offsets[r + 1] && offsets[r + 1] <= s->data.len &&
-             offsets[r + 1] - offsets[r] < NULL_LEN;
-    if (!ok) {
-        release_strings(s);
-        PyErr_SetString(PyExc_ValueError,
-                        "TumblingTable: a string column needs rows + 1 int64 offsets within its "
-                        "data and one validity byte per row");
-        return -1;
-    }
-    return 0;
-}
-
-static inline const unsigned char *string_at(const Strings *s, Py_ssize_t r, uint32_t *len) {
-    if (s->has_validity && !((const unsigned char *)s->validity.buf)[r]) {
-        *len = NULL_LEN;
-        return NULL;
-    }
-    const int64_t *offsets = s->offsets.buf;
-    *len = (uint32_t)(offsets[r + 1] - offsets[r]);
-    return (const unsigned char *)s->data.buf + offsets[r];
-}
-
 /* Columns of the windows chosen by `chosen` (NULL: all), in order; NULL on error. */
 static PyObject *columns_of(TumblingTable *t, const char *chosen) {
     size_t n = 0, key_bytes = 0, first_bytes = 0;
@@ -297,9 +250,9 @@ static PyObject *table_process(TumblingTable *t, PyObject *args) {
                         "value buffer per accumulator");
         goto done;
     }
-    if (strings_from(keys_tuple, &keys, rows) < 0) goto done;
+    if (strings_from(keys_tuple, &keys, &rows, "TumblingTable") < 0) goto done;
     keys_ok = 1;
-    if (strings_from(first_tuple, &first_keys, rows) < 0) goto done;
+    if (strings_from(first_tuple, &first_keys, &rows, "TumblingTable") < 0) goto done;
     first_ok = 1;
     for (; n_values < t->n_acc; n_values++) {
         if (PyObject_GetBuffer(PyList_GET_ITEM(values_list, n_values), &values[n_values],
@@ -406,9 +359,9 @@ static PyObject *table_add_windows(TumblingTable *t, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "TumblingTable.add_windows: columns do not match");
         goto done;
     }
-    if (strings_from(keys_tuple, &keys, rows) < 0) goto done;
+    if (strings_from(keys_tuple, &keys, &rows, "TumblingTable") < 0) goto done;
     keys_ok = 1;
-    if (strings_from(first_tuple, &first_keys, rows) < 0) goto done;
+    if (strings_from(first_tuple, &first_keys, &rows, "TumblingTable") < 0) goto done;
     first_ok = 1;
     for (; n_acc < t->n_acc; n_acc++)
         if (PyObject_GetBuffer(PyList_GET_ITEM(accs, n_acc), &acc_bufs[n_acc], PyBUF_SIMPLE) < 0)

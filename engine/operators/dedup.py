@@ -10,7 +10,7 @@ import polars as pl
 import pyarrow as pa
 
 from engine import _native
-from engine.batch import PARTITION, value_buffers
+from engine.batch import PARTITION, binary_columns, numpy_column
 from engine.operators.base import MAIN, Outputs, Step, column, require_fields
 
 _TS = "__ts"
@@ -38,19 +38,16 @@ class DedupState:
     def keep(self, rows: pl.DataFrame) -> np.ndarray:
         """Apply the rule to `rows` (partition, `on` fields as text, event time) in order:
         which are kept. Kept rows with an id become the emissions later repeats meet."""
-        keys = _keys(rows, self.on)
+        offsets, data, _ = binary_columns(_keys(rows, self.on))
         identified = None
         if any(rows[name].null_count() for name in self.on):
             # an event with a null id cannot be identified: it passes, and is not remembered
             missing = rows.select(pl.any_horizontal(pl.col(self.on).is_null())).to_series()
             identified = (~missing).to_numpy().view(np.uint8)
-        offsets, data = value_buffers(keys)
         kept = self.index.process(
-            _contiguous(rows[PARTITION], np.int32),
-            _contiguous(rows[_TS], np.int64),
-            offsets,
-            data,
-            identified,
+            numpy_column(rows[PARTITION], np.int32),
+            numpy_column(rows[_TS], np.int64),
+            (offsets, data, identified),
         )
         return np.frombuffer(kept, np.bool_)
 
@@ -110,12 +107,10 @@ class DedupState:
             *[pl.col(name).cast(pl.String) for name in self.on],
             pl.col(_TS).cast(pl.Int64),
         )
-        offsets, data = value_buffers(_keys(emitted, self.on))
         index.remember(
-            _contiguous(emitted[PARTITION], np.int32),
-            _contiguous(emitted[_TS], np.int64),
-            offsets,
-            data,
+            numpy_column(emitted[PARTITION], np.int32),
+            numpy_column(emitted[_TS], np.int64),
+            binary_columns(_keys(emitted, self.on)),
         )
         self.index = index
 
@@ -123,17 +118,10 @@ class DedupState:
 _KEY = "__key"
 
 
-def _keys(rows: pl.DataFrame, on: tuple[str, ...]) -> pa.LargeStringArray:
+def _keys(rows: pl.DataFrame, on: tuple[str, ...]) -> pl.Series:
     """Each row's key: the id's text, or with several fields the JSON object of theirs."""
     key = pl.col(on[0]) if len(on) == 1 else pl.struct(*on).struct.json_encode()
-    keys = rows.select(key.alias(_KEY)).to_series().to_arrow()
-    if isinstance(keys, pa.ChunkedArray):
-        keys = keys.combine_chunks()
-    return keys.cast(pa.large_binary())
-
-
-def _contiguous(series: pl.Series, dtype: type[np.generic]) -> np.ndarray:
-    return np.ascontiguousarray(series.to_numpy(), dtype)
+    return rows.select(key.alias(_KEY)).to_series()
 
 
 class Dedup(Step, tag="dedup"):
