@@ -25,14 +25,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.batch import (
-    EXTRA,
-    RAW,
-    data_columns,
-    dead_letters,
-    newline_terminated,
-    value_buffers,
-)
+from engine.batch import EXTRA, RAW, data_columns, dead_letters, value_buffers
 from engine.json_scan import JsonScanner
 from engine.json_write import write_json, write_json_lines
 from engine.schema import Schema
@@ -145,8 +138,7 @@ def encode_json(frame: pl.DataFrame) -> pl.Series:
     are written in one native pass (`engine.json_write`); the others are fixed up one by one.
     """
     encoded, text_nulls = write_json(frame, data_columns(frame))
-    has_extra = EXTRA in frame.columns and frame[EXTRA].null_count() < frame.height
-    to_fix = frame[EXTRA].is_not_null() if has_extra else None
+    to_fix = frame[EXTRA].is_not_null() if _carries_extra(frame) else None
     if text_nulls is not None:
         to_fix = text_nulls if to_fix is None else to_fix | text_nulls
     if to_fix is None or not to_fix.any():
@@ -162,16 +154,18 @@ def encode_json(frame: pl.DataFrame) -> pl.Series:
     return encoded.scatter(rows, fixed)
 
 
-def encode_json_lines(frame: pl.DataFrame) -> pa.Buffer:
+def encode_json_lines(frame: pl.DataFrame) -> pa.Buffer | None:
     """The rows as `encode_json` encodes them, as an NDJSON body (each value followed by a
-    newline). Rows without `_extra` and natively written columns (W1's) go into one buffer
-    in one native pass, with no per-row values built first."""
-    has_extra = EXTRA in frame.columns and frame[EXTRA].null_count() < frame.height
-    body = None if has_extra else write_json_lines(frame, data_columns(frame))
-    if body is not None:
-        return body
-    values = encode_json(frame).to_arrow().cast(pa.large_binary())
-    return pa.py_buffer(newline_terminated(values))
+    newline) written in one native pass into one buffer, with no per-row values built
+    first; None when some row needs `encode_json`'s fix-ups (`_extra`, text columns)."""
+    if _carries_extra(frame):
+        return None
+    return write_json_lines(frame, data_columns(frame))
+
+
+def _carries_extra(frame: pl.DataFrame) -> bool:
+    """Whether some row has fields the schema does not declare (or explicit nulls)."""
+    return EXTRA in frame.columns and frame[EXTRA].null_count() < frame.height
 
 
 def _without_nulls(value: dict[str, Any]) -> dict[str, Any]:

@@ -53,7 +53,9 @@ def encode_values(frame: pl.DataFrame) -> pl.Series:
 def encode_lines(frame: pl.DataFrame) -> pa.Buffer:
     """The rows' values as an NDJSON body: each value followed by a newline."""
     if VALUE not in frame.columns and not is_dead_letter(frame):
-        return encode_json_lines(frame)
+        body = encode_json_lines(frame)  # the usual case: one native pass
+        if body is not None:
+            return body
     values = encode_values(frame).to_arrow().cast(pa.large_binary())
     return pa.py_buffer(newline_terminated(values))
 
