@@ -4,7 +4,9 @@ aiokafka's `getmany` builds two Python objects per record (its record, then a
 `ConsumerRecord`), which the source then took apart into Arrow columns: ~2 µs a message, a
 third of W1's Kafka form. `fetch` drains the same buffered fetch results that `getmany`
 does, with the same checks (assignment, position, errors, waking the fetch routine), but
-reads each partition's fetched bytes in one native pass (`engine/native/records.c`).
+reads each partition's fetched bytes in one native pass (`engine/native/records.c`). A batch
+whose CRC or lengths are wrong raises aiokafka's `CorruptRecordException`, naming the topic,
+partition and offset, as `getmany` would; the partition's position does not move.
 
 For that the fetched bytes must be kept: aiokafka's fetcher wraps them in its `MemoryRecords`,
 which keeps them out of reach, so its module's `MemoryRecords` is replaced by `RawRecords`,
@@ -24,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.consumer import fetcher as aiokafka_fetcher
-from aiokafka.errors import ConsumerStoppedError
+from aiokafka.errors import ConsumerStoppedError, CorruptRecordException
 
 from engine import _native
 from engine.batch import (
@@ -130,9 +132,13 @@ def _take(
         return None
     records = result._partition_records
     raw = getattr(records._records, "raw", None)
-    read = (
-        None if raw is None else _native.kafka_records(raw, records.next_fetch_offset, max_records)
-    )
+    offset = records.next_fetch_offset
+    try:
+        read = None if raw is None else _native.kafka_records(raw, offset, max_records)
+    except ValueError as error:  # as aiokafka's own reading raises it; the position stays
+        raise CorruptRecordException(
+            f"{tp.topic}[{tp.partition}] from offset {offset}: {error}"
+        ) from error
     if read is None:  # not a record set the native reader takes: aiokafka's records
         fetched = result.getall(max_records)
         return (raw_frame({tp: fetched}), fetched[-1].offset + 1) if fetched else None
