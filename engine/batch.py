@@ -128,7 +128,12 @@ def value_buffers(values: pa.LargeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
     return offsets, data
 
 
-def binary_columns(series: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+#: A string or binary column as native code takes it: int64 value offsets (rows + 1), the
+#: data bytes, and one validity byte per row (None when no value is null).
+Columns = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+
+
+def binary_columns(series: pl.Series) -> Columns:
     """A String or Binary column as native code takes it: value offsets and data (as
     `value_buffers`), and one validity byte per row (None when no value is null)."""
     values = series.to_arrow()

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine import _native
-from engine.batch import value_buffers
+from engine.batch import Columns, value_buffers
 
 
 def murmur2(keys: pa.Array) -> np.ndarray:
@@ -25,6 +25,10 @@ def murmur2(keys: pa.Array) -> np.ndarray:
     return np.frombuffer(_native.murmur2(offsets, data), np.uint32)
 
 
-def partition_for(keys: pa.Array, partitions: int) -> np.ndarray:
-    """The partition Kafka's default partitioner picks for each key (int32)."""
-    return ((murmur2(keys) & np.uint32(0x7FFFFFFF)) % np.uint32(partitions)).astype(np.int32)
+def partition_for(keys: Columns, partitions: int) -> np.ndarray:
+    """The partition Kafka's default partitioner picks for each key of a column as
+    `engine.batch.binary_columns` gives it (int32); a null key's entry is that of an empty
+    key, for the caller to replace (callers place null keys differently)."""
+    offsets, data, _ = keys
+    hashes = np.frombuffer(_native.murmur2(offsets, data), np.uint32)
+    return ((hashes & np.uint32(0x7FFFFFFF)) % np.uint32(partitions)).astype(np.int32)

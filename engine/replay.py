@@ -14,14 +14,13 @@ stopped half way resumes where it stopped and replays nothing twice unless it cr
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 
 import msgspec
 import polars as pl
 
-from engine.batch import HEADER_DTYPE, HEADERS, KEY, OFFSET, PARTITION, RAW
+from engine.batch import HEADER_DTYPE, HEADERS, KEY, OFFSET, PARTITION, RAW, binary_columns
 from engine.connectors.kafka import KafkaSink, KafkaSource
 from engine.errors import ConnectorError
 
@@ -32,7 +31,6 @@ _ADDED_HEADERS = frozenset(
     {"reason", "stage", "source.topic", "source.partition", "source.offset"}
     | {REPLAYED_FROM, REPLAY_RUN}
 )
-_SINK_PARTITION = "__sink_partition"
 
 
 @dataclass
@@ -71,24 +69,14 @@ class RawKafkaSink(KafkaSink):
             return
         await self.start()
         keys = frame.get_column(KEY)
-        by_partition = frame.with_columns(
-            pl.Series(_SINK_PARTITION, self._partitions(keys))
-        ).partition_by(_SINK_PARTITION, as_dict=True, maintain_order=True)
-        # every partition runs to its end before a failure is raised: none is left in flight
-        outcomes = await asyncio.gather(
-            *(
-                self._send_partition(
-                    partition,
-                    self._batches(rows.get_column(KEY), rows.get_column(RAW), self._headers(rows)),
-                    rows.height,
-                )
-                for (partition,), rows in by_partition.items()
-            ),
-            return_exceptions=True,
+        key_columns = binary_columns(keys)
+        await self._produce(
+            key_columns,
+            keys,
+            frame.get_column(RAW),
+            self._headers(frame),
+            self._partitions(key_columns),
         )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
 
 
 def replayable(dead_letters: pl.DataFrame, dead_letter_topic: str, run: str) -> pl.DataFrame:

@@ -53,8 +53,10 @@ from engine.batch import (
     PARTITION,
     REASON,
     STAGE,
+    Columns,
     binary_columns,
 )
+from engine.connectors import kafka_producers as producers
 from engine.connectors.base import Offsets, Position, SinkPosition
 from engine.connectors.encoding import encode_values, is_dead_letter
 from engine.connectors.kafka_fetch import fetch
@@ -541,7 +543,10 @@ class KafkaSink:
     that key (murmur2); records without a key are spread round robin. `_headers` are
     carried; a dead letter also gets the headers `reason`, `stage`, `source.topic` (when
     `source_topic` is known), `source.partition` and `source.offset`. Each partition's
-    records keep their order.
+    records keep their order. A write splits its rows by partition and builds each record
+    batch natively straight from the whole batch's columns. Sinks of one process with the
+    same broker and settings share one producer (`engine.connectors.kafka_producers`), so
+    the writes a runner makes to all its sinks at once go out as one produce request.
 
     A delivery that fails with a retriable error is sent again after a backoff; the last
     failure raises ConnectorError naming topic and partition, so the runner stops before
@@ -598,14 +603,17 @@ class KafkaSink:
         if self._producer is not None:
             return
         await ensure_topics(self.bootstrap, {self.topic: self.partitions}, retry=self.retry)
+        settings = self._producer_settings()
         try:
-            producer = await connect(self.bootstrap, self._new_producer, _stop, self.retry)
+            producer = await producers.acquire(
+                settings, lambda: connect(self.bootstrap, self._new_producer, _stop, self.retry)
+            )
         except (ValueError, RuntimeError) as error:  # aiokafka's checks of its settings
             raise ConnectorError(f"Kafka sink {self.topic!r}: {error}") from error
         try:
             self._partition_count = len(await producer.partitions_for(self.topic))
         except KafkaError as error:
-            await producer.stop()
+            await producers.release(settings)
             raise ConnectorError(
                 f"Kafka at {self.bootstrap}: no metadata for topic {self.topic!r}: {error}"
             ) from error
@@ -650,14 +658,20 @@ class KafkaSink:
         records read back by `resume` that no write has matched yet."""
         return SinkPosition({self.topic: dict(sorted(self._next_offsets.items()))}, self._unmatched)
 
+    def _producer_settings(self) -> producers.ProducerSettings:
+        return producers.ProducerSettings(
+            self.bootstrap, self.acks, self.compression, _MAX_BATCH_BYTES, self.request_timeout_ms
+        )
+
     def _new_producer(self) -> AIOKafkaProducer:
+        settings = self._producer_settings()
         return AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            bootstrap_servers=settings.bootstrap,
             client_id="conflux",
-            acks=self.acks,
-            compression_type=self.compression,
-            max_batch_size=_MAX_BATCH_BYTES,
-            request_timeout_ms=self.request_timeout_ms,
+            acks=settings.acks,
+            compression_type=settings.compression,
+            max_batch_size=settings.max_batch_size,
+            request_timeout_ms=settings.request_timeout_ms,
         )
 
     async def write(self, frame: pl.DataFrame) -> None:
@@ -671,25 +685,35 @@ class KafkaSink:
             else pl.Series(KEY, [None] * frame.height, pl.Binary)
         )
         values = encode_values(frame).cast(pl.Binary)
-        headers = self._headers(frame)
-        partitions = self._partitions(keys)
+        key_columns = binary_columns(keys)
+        partitions = self._partitions(key_columns)
         if self._unmatched is not None:
             # rows written before a restart go to a partition past the last: never sent
             partitions[self._written_before(keys, values, partitions)] = self._partition_count
+        await self._produce(key_columns, keys, values, self._headers(frame), partitions)
+
+    async def _produce(
+        self,
+        key_columns: Columns,
+        keys: pl.Series,
+        values: pl.Series,
+        headers: list[list[Header] | None] | None,
+        partitions: np.ndarray,
+    ) -> None:
+        """Send each row to its partition in `partitions` (`_partitions`; one past the last:
+        not sent), every partition's rows in their order, all partitions at once; return
+        once every row is acknowledged. `key_columns` are `keys` as `binary_columns`."""
         # a stable sort keeps each partition's rows in their order
         order = np.argsort(partitions, kind="stable")
         bounds = np.searchsorted(partitions[order], np.arange(self._partition_count + 1))
-        sends = []
-        for partition in range(self._partition_count):
-            rows = order[bounds[partition] : bounds[partition + 1]]
-            if not len(rows):
-                continue
-            batches = self._batches(
-                keys.gather(rows),
-                values.gather(rows),
-                [headers[row] for row in rows] if headers is not None else None,
+        batches = self._batches(key_columns, keys, values, headers)
+        sends = [
+            self._send_partition(
+                partition, batches, order[bounds[partition] : bounds[partition + 1]]
             )
-            sends.append(self._send_partition(partition, batches, len(rows)))
+            for partition in range(self._partition_count)
+            if bounds[partition + 1] > bounds[partition]
+        ]
         # every partition runs to its end before a failure is raised: none is left in flight
         outcomes = await asyncio.gather(*sends, return_exceptions=True)
         for outcome in outcomes:
@@ -699,7 +723,7 @@ class KafkaSink:
     async def close(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            await producer.stop()
+            await producers.release(self._producer_settings())
 
     def _written_before(
         self, keys: pl.Series, values: pl.Series, partitions: np.ndarray
@@ -726,12 +750,13 @@ class KafkaSink:
         self._unmatched = unmatched if unmatched.height else None
         return written.to_numpy()
 
-    def _partitions(self, keys: pl.Series) -> np.ndarray:
+    def _partitions(self, keys: Columns) -> np.ndarray:
         """Kafka's default partition per key; null keys round robin across batches."""
         count = self._partition_count
-        partitions = partition_for(keys.fill_null(b"").to_arrow(), count)
-        missing = keys.is_null().to_numpy()
-        if missing.any():
+        partitions = partition_for(keys, count)
+        _, _, valid = keys
+        if valid is not None:
+            missing = valid == 0
             nulls = int(missing.sum())
             partitions[missing] = (self._round_robin + np.arange(nulls)) % count
             self._round_robin = (self._round_robin + nulls) % count
@@ -773,35 +798,43 @@ class KafkaSink:
         return headers
 
     def _batches(
-        self, keys: pl.Series, values: pl.Series, headers: list[list[Header] | None] | None
+        self,
+        key_columns: Columns,
+        keys: pl.Series,
+        values: pl.Series,
+        headers: list[list[Header] | None] | None,
     ) -> BatchesFrom:
-        """One partition's rows as record batches: built natively in one pass (the usual
+        """The rows as record batches: built natively in one pass per batch (the usual
         case), or by aiokafka a record at a time for headers and compression, which the
         native builder does not write."""
         if headers is None and self.compression is None:
-            return _native_batches(keys, values)
+            return _native_batches(key_columns, binary_columns(values))
         key_list, value_list = keys.to_list(), values.to_list()
 
-        def batch_from(start: int) -> tuple[BatchBuilder, int]:
+        def batch_from(rows: np.ndarray, start: int) -> tuple[BatchBuilder, int]:
             assert self._producer is not None
             batch = self._producer.create_batch()
-            return batch, _fill(batch, key_list, value_list, headers, start)
+            return batch, _fill(batch, key_list, value_list, headers, rows, start)
 
         return batch_from
 
-    async def _send_partition(self, partition: int, batches: BatchesFrom, rows: int) -> None:
-        """Send `rows` rows to `partition` in size-bound batches, one after another (order)."""
+    async def _send_partition(self, partition: int, batches: BatchesFrom, rows: np.ndarray) -> None:
+        """Send `rows` (row numbers) to `partition` in size-bound batches, one after another
+        (order)."""
         start = 0
-        while start < rows:
-            start = await self._send_batch(partition, batches, start)
+        while start < len(rows):
+            start = await self._send_batch(partition, batches, rows, start)
 
-    async def _send_batch(self, partition: int, batches: BatchesFrom, start: int) -> int:
-        """Send the rows from `start` that fit one batch; return where the next batch starts."""
+    async def _send_batch(
+        self, partition: int, batches: BatchesFrom, rows: np.ndarray, start: int
+    ) -> int:
+        """Send the rows from `rows[start]` on that fit one batch; return where in `rows` the
+        next batch starts."""
         assert self._producer is not None
         attempt = 0
         while True:
             attempt += 1
-            batch, end = batches(start)  # anew for each attempt: a batch is sent once
+            batch, end = batches(rows, start)  # anew for each attempt: a batch is sent once
             try:
                 delivery = await self._producer.send_batch(batch, self.topic, partition=partition)
                 metadata = await delivery
@@ -828,8 +861,9 @@ class KafkaSink:
                 await asyncio.sleep(self.retry.delay(attempt))
 
 
-#: Builds the batch of a partition's rows from a row on: the batch and the first row left out.
-BatchesFrom = Callable[[int], tuple[Any, int]]
+#: Builds the batch of a partition's rows (row numbers, in order) from an index into them
+#: on: the batch and the first index left out.
+BatchesFrom = Callable[[np.ndarray, int], tuple[Any, int]]
 
 
 class PrebuiltBatch:
@@ -862,14 +896,14 @@ class PrebuiltBatch:
         raise ConnectorError("batches built natively carry no producer id (idempotence)")
 
 
-def _native_batches(keys: pl.Series, values: pl.Series) -> BatchesFrom:
+def _native_batches(keys: Columns, values: Columns) -> BatchesFrom:
     """Rows built into batches by native code (`engine._native.kafka_batch`) in one pass,
-    each record stamped with the time its batch is built, as aiokafka stamps them."""
-    key_columns, value_columns = binary_columns(keys), binary_columns(values)
+    straight from the whole batch's columns, each record stamped with the time its batch
+    is built, as aiokafka stamps them."""
 
-    def batch_from(start: int) -> tuple[PrebuiltBatch, int]:
+    def batch_from(rows: np.ndarray, start: int) -> tuple[PrebuiltBatch, int]:
         now_ms = int(time.time() * 1000)
-        data, end = _native.kafka_batch(key_columns, value_columns, start, _MAX_BATCH_BYTES, now_ms)
+        data, end = _native.kafka_batch(keys, values, rows, start, _MAX_BATCH_BYTES, now_ms)
         return PrebuiltBatch(data, end - start), end
 
     return batch_from
@@ -880,18 +914,21 @@ def _fill(
     keys: list[bytes | None],
     values: list[bytes],
     headers: list[list[Header] | None] | None,
+    rows: np.ndarray,
     start: int,
 ) -> int:
-    """Append rows from `start` until `batch` is full; return the first row left out.
+    """Append `rows` from index `start` on until `batch` is full; return the first index
+    left out.
 
     A batch always takes its first record, however large, so every call makes progress.
     """
     append = batch.append
-    for index in range(start, len(values)):
-        pairs = headers[index] if headers is not None else None
-        if append(timestamp=None, key=keys[index], value=values[index], headers=pairs) is None:
+    for index in range(start, len(rows)):
+        row = rows[index]
+        pairs = headers[row] if headers is not None else None
+        if append(timestamp=None, key=keys[row], value=values[row], headers=pairs) is None:
             return index
-    return len(values)
+    return len(rows)
 
 
 async def read_to_end(

@@ -33,7 +33,7 @@ static PyMethodDef methods[] = {
     {"kafka_records", kafka_records, METH_VARARGS,
      "kafka_records(data, fetch_offset, max_records) -> columns of a fetched record set."},
     {"kafka_batch", kafka_batch, METH_VARARGS,
-     "kafka_batch(keys, values, start, max_bytes, timestamp_ms) -> (record batch, end)."},
+     "kafka_batch(keys, values, rows, start, max_bytes, timestamp_ms) -> (record batch, end)."},
     {"murmur2", kafka_murmur2_column, METH_VARARGS,
      "murmur2(offsets, data) -> uint32 bytes: Kafka's murmur2 of each key."},
     {NULL, NULL, 0, NULL},

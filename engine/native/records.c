@@ -281,29 +281,42 @@ static void put_be(unsigned char *p, uint64_t value, int bytes) {
 /* Why: aiokafka's producer appends a record at a time from Python (~0.5 µs per output row
  * on W1); this builds a partition's batch from its key and value columns in one pass.
  *
- * Interface (engine._native.kafka_batch): kafka_batch(keys, values, start, max_bytes,
+ * Interface (engine._native.kafka_batch): kafka_batch(keys, values, rows, start, max_bytes,
  * timestamp_ms) -> (batch, end): one uncompressed v2 record batch, as aiokafka's producer
- * builds it (no producer id, every record stamped `timestamp_ms`, no headers), of the rows
- * from `start` on while it stays within `max_bytes` (the first row always goes in); `end` is
- * the first row left out. `keys` and `values` are string columns (strings.h); a null key or
- * value is written as Kafka's null. */
+ * builds it (no producer id, every record stamped `timestamp_ms`, no headers). `rows` (int64
+ * row numbers, a partition's rows in their order) says which rows of the columns it holds,
+ * so a sink splits a whole batch into partitions without copying a column per partition; the
+ * batch takes rows[start], rows[start + 1], ... while it stays within `max_bytes` (the first
+ * always goes in), and `end` is the first index into `rows` left out. `keys` and `values` are
+ * string columns (strings.h); a null key or value is written as Kafka's null. */
 PyObject *kafka_batch(PyObject *self, PyObject *args) {
     PyObject *keys_tuple, *values_tuple;
+    Py_buffer picked;
     Py_ssize_t start, max_bytes, rows = -1;
     long long timestamp;
-    if (!PyArg_ParseTuple(args, "OOnnL", &keys_tuple, &values_tuple, &start, &max_bytes,
-                          &timestamp))
+    if (!PyArg_ParseTuple(args, "OOy*nnL", &keys_tuple, &values_tuple, &picked, &start,
+                          &max_bytes, &timestamp))
         return NULL;
     Strings keys, values;
-    if (strings_from(values_tuple, &values, &rows, "kafka_batch") < 0) return NULL;
+    if (strings_from(values_tuple, &values, &rows, "kafka_batch") < 0) {
+        PyBuffer_Release(&picked);
+        return NULL;
+    }
     if (strings_from(keys_tuple, &keys, &rows, "kafka_batch") < 0) {
         release_strings(&values);
+        PyBuffer_Release(&picked);
         return NULL;
     }
     PyObject *result = NULL;
     Buf out = {0};
-    if (start < 0 || start >= rows) {
-        PyErr_SetString(PyExc_ValueError, "kafka_batch: expected 0 <= start < rows");
+    const int64_t *order = picked.buf;
+    Py_ssize_t count = picked.len / 8;
+    int ok = picked.len % 8 == 0 && start >= 0 && start < count;
+    for (Py_ssize_t i = 0; ok && i < count; i++) ok = order[i] >= 0 && order[i] < rows;
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError,
+                        "kafka_batch: expected int64 row numbers within the columns and "
+                        "0 <= start < their count");
         goto done;
     }
     static int crc_ready = 0;
@@ -315,10 +328,10 @@ PyObject *kafka_batch(PyObject *self, PyObject *args) {
     memset(out.ptr, 0, BATCH_HEADER);
     out.len = BATCH_HEADER;
     Py_ssize_t end = start;
-    for (; end < rows; end++) {
+    for (; end < count; end++) {
         uint32_t key_len, value_len;
-        const unsigned char *key = string_at(&keys, end, &key_len);
-        const unsigned char *value = string_at(&values, end, &value_len);
+        const unsigned char *key = string_at(&keys, order[end], &key_len);
+        const unsigned char *value = string_at(&values, order[end], &value_len);
         int64_t key_length = key_len == NULL_LEN ? -1 : (int64_t)key_len;
         int64_t value_length = value_len == NULL_LEN ? -1 : (int64_t)value_len;
         int64_t delta = end - start;
@@ -356,5 +369,6 @@ done:
     free(out.ptr);
     release_strings(&keys);
     release_strings(&values);
+    PyBuffer_Release(&picked);
     return result;
 }

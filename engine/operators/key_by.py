@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-import numpy as np
 import polars as pl
 
-from engine.batch import KEY, PARTITION
+from engine.batch import KEY, PARTITION, binary_columns
 from engine.operators.base import MAIN, Outputs, Step, column, require_fields
 from engine.partitioning import partition_for
 
@@ -38,9 +37,11 @@ class KeyBy(Step, tag="key_by"):
 
     def process(self, batch: pl.DataFrame, state: Any) -> Outputs:
         keys = batch.select(column(self.field).cast(pl.String).cast(pl.Binary)).to_series()
-        partition = partition_for(keys.fill_null(b"").to_arrow(), self.partitions)
-        # an empty key hashes to some partition; a null key goes to 0, as documented
-        partition = np.where(keys.is_null().to_numpy(), 0, partition)
+        columns = binary_columns(keys)
+        partition = partition_for(columns, self.partitions)
+        _, _, valid = columns
+        if valid is not None:  # a null key goes to partition 0, as documented
+            partition[valid == 0] = 0
         return {
             MAIN: batch.with_columns(
                 keys.alias(KEY),

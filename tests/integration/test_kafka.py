@@ -265,6 +265,41 @@ def test_sink_partitions_keys_as_the_java_client_and_keeps_headers_and_order(
         assert numbers == sorted(numbers)
 
 
+def test_sinks_on_one_broker_share_a_producer_until_the_last_one_closes(
+    broker: EmbeddedBroker, topic_factory: Callable[[str], str]
+) -> None:
+    first, second = topic_factory("first"), topic_factory("second")
+    # keyed rows, a null key among them, built natively (no headers): each lands in its
+    # key's partition, in order
+    keys = pl.Series([f"k{n % 7}".encode() if n % 5 else None for n in range(300)], dtype=pl.Binary)
+    frame = pl.DataFrame({"n": range(300), "_key": keys})
+
+    async def write() -> None:
+        one = KafkaSink(broker.bootstrap, first, partitions=4)
+        other = KafkaSink(broker.bootstrap, second, partitions=4)
+        await asyncio.gather(one.write(frame), other.write(frame))
+        producer = one._producer
+        assert producer is not None and producer is other._producer
+        await one.close()
+        await other.write(frame.slice(0, 10))  # still open for the sink left
+        await other.close()
+        assert producer._closed
+
+    asyncio.run(write())
+    written = asyncio.run(read_topics(broker.bootstrap, [first, second]))
+    numbers = {topic: [orjson.loads(r.value)["n"] for r in written[topic]] for topic in written}
+    assert sorted(numbers[first]) == list(range(300))
+    assert sorted(numbers[second]) == sorted([*range(300), *range(10)])
+    for record in written[first]:
+        if record.key is not None:
+            assert record.partition == kafka_partition(record.key, 4)
+    for partition in range(4):
+        in_partition = [
+            orjson.loads(r.value)["n"] for r in written[first] if r.partition == partition
+        ]
+        assert in_partition == sorted(in_partition)
+
+
 def test_a_failed_delivery_raises_naming_topic_and_partition() -> None:
     topic = "out"
 
