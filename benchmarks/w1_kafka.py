@@ -24,7 +24,9 @@ count equals the reference's. The median run is the figure.
 `--saturation-count` messages, after the join) and uses half of it. It starts the engine,
 waits until it owns its input partitions, produces at that rate for `--duration` seconds, and
 times each routed output from the moment its input was handed to the producer to the moment
-this process read it (`benchmarks.w1_load`); p50/p95/p99 over all routed outputs.
+this process read it (`benchmarks.w1_load`); p50/p95/p99 over all routed outputs, then the
+same per 5-second window of the run (Tansu's fetches get dearer as it fills: latency drifts
+up during a run), and the engine's batches and time per stage.
 
 Each mode ends with Markdown rows for benchmarks/RESULTS.md, command line included.
 """
@@ -75,6 +77,8 @@ SEED = 42
 PARTITIONS = 4
 # a run ends this long after its last input; the timings stop at the last output before
 IDLE_MS = 2000
+# the latency report's windows: whether latency drifts as the broker fills
+LATENCY_WINDOW_S = 5.0
 
 
 # ---- the engine process -----------------------------------------------------------------
@@ -141,6 +145,8 @@ def run_engine(
         "started": started,
         "last_output": last_output,
         "messages": stats.messages,
+        "batches": stats.batches,
+        "checkpoints": stats.checkpoints,
         "rows_out": stats.rows_out,
         "stages": stats.breakdown(),
     }
@@ -312,11 +318,20 @@ def latency(bootstrap: str, rate: float, duration_s: float, tag: str) -> dict[st
             f"no routed output was read (read per topic: {reader.counts}, not in the "
             f"reference: {reader.unexpected}, engine: {engine.result()}): nothing to time"
         )
+    report = engine.result()
     return {
         "rate": achieved,
         "messages": count,
         "outputs": len(latencies),
         "percentiles": percentiles_ms(latencies),
+        "over_time": [
+            (start, percentiles_ms(window))
+            for start, window in reader.latencies_over_time(LATENCY_WINDOW_S)
+            if len(window)
+        ],
+        "batches": report["batches"],
+        "checkpoints": report["checkpoints"],
+        "stages": report["stages"],
     }
 
 
@@ -359,6 +374,19 @@ def print_latency(result: dict[str, Any], saturation: float | None, command: str
         f"| {result['messages']:,} | {result['outputs']:,} | {figures['p50']:,.1f} "
         f"| {figures['p95']:,.1f} | {figures['p99']:,.1f} | {figures['max']:,.1f} | `{command}` |"
     )
+    print(f"\nBy when outputs were read ({LATENCY_WINDOW_S:g} s windows):\n")
+    print("| from s | p50 ms | p99 ms | max ms |\n| ---: | ---: | ---: | ---: |")
+    for start, window in result["over_time"]:
+        print(f"| {start:g} | {window['p50']:,.1f} | {window['p99']:,.1f} | {window['max']:,.1f} |")
+    print(
+        f"\nThe engine: {result['batches']:,} batches "
+        f"({result['messages'] / max(result['batches'], 1):,.0f} messages each), "
+        f"{result['checkpoints']:,} checkpoints; ns per input message by stage (wall time; "
+        "the sinks write concurrently, so their figures overlap):\n"
+    )
+    print("| stage | ns/msg |\n| --- | ---: |")
+    for stage, ns in result["stages"].items():
+        print(f"| {stage} | {ns:,.0f} |")
 
 
 # ---- command line -------------------------------------------------------------------------

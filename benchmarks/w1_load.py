@@ -202,6 +202,7 @@ class OutputReader:
         self.unexpected = 0  # routed outputs the reference does not have (the check says more)
         self.last_read_at = 0.0
         self._latencies: list[np.ndarray] = []
+        self._read_at: list[float] = []  # when each of `_latencies` was read
         self._routed_so_far: defaultdict[int, int] = defaultdict(int)
         self._w1_topic = {name: topic for topic, name in self.topics.items()}
         self._consumer: AIOKafkaConsumer | None = None
@@ -213,6 +214,15 @@ class OutputReader:
     def latencies(self) -> np.ndarray:
         """Seconds from produce to readable, one per routed output read so far."""
         return np.concatenate(self._latencies) if self._latencies else np.empty(0)
+
+    def latencies_over_time(self, window_s: float) -> list[tuple[float, np.ndarray]]:
+        """`latencies` by when they were read: (seconds since the first read, latencies)
+        per `window_s` window, to see whether they drift during a run."""
+        windows: defaultdict[int, list[np.ndarray]] = defaultdict(list)
+        first = self._read_at[0] if self._read_at else 0.0
+        for read_at, latencies in zip(self._read_at, self._latencies, strict=True):
+            windows[int((read_at - first) / window_s)].append(latencies)
+        return [(w * window_s, np.concatenate(windows[w])) for w in sorted(windows)]
 
     async def start(self) -> None:
         """Connect and take position at the topics' current end (before any new output)."""
@@ -256,6 +266,7 @@ class OutputReader:
                 ).to_series()
                 inputs = [i for i in map(self._input_of, events.to_list()) if i is not None]
                 self._latencies.append(read_at - self.produced_at[inputs])
+                self._read_at.append(read_at)
 
     def _input_of(self, event: int | None) -> int | None:
         """The input index of a routed output of event `event`; None for one the reference
