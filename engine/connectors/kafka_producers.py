@@ -1,12 +1,13 @@
 """One Kafka producer shared by every sink of a process that writes with the same settings.
 
 Why: a pipeline writes a batch's outputs to all its sinks at once (W1: six topics). With a
-producer per sink, each write is a produce request of its own, on a connection of its own,
-each with its own sender task, request and response: on the project's 2-core machine that
-cost ~1 ms of client CPU per sink per batch, and the broker (Tansu) takes the requests one
-after another (six 1,000-row writes acknowledged in 18.6 ms where one write of all their
-partitions takes 6.3 ms). Sinks sharing a producer append their record batches to one
-accumulator in the same turn of the event loop, and its sender sends them as one request.
+producer per sink, each write was a produce request of its own, on a connection of its own,
+with a sender task of its own. Sinks sharing a producer append their record batches to one
+accumulator in the same turn of the event loop, and its sender sends them as one request:
+one connection and one request per broker instead of one per sink, as the Java client's
+advice to share one producer per process gives. Measured on W1's latency run (interleaved
+A/B, 2 runs each, benchmarks/RESULTS.md): p50 68-69 ms shared against 68-78 ms not, within
+this machine's noise; the gain is in connections and requests, not yet in latency.
 
 Producers are tied to the event loop they were started in, so they are shared per loop
 and per settings (`ProducerSettings`); the last sink to let go of one stops it.
