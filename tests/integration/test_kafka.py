@@ -61,6 +61,17 @@ async def produce(bootstrap: str, topic: str, messages: Sequence[Message], parti
         await producer.stop()
 
 
+def bounded_source(bootstrap: str, topic: str, group: str) -> KafkaSourceSpec:
+    """A source of `topic` that ends once it has seen no new record for a second."""
+    return KafkaSourceSpec(
+        bootstrap=bootstrap,
+        topic=topic,
+        group=group,
+        stop_when_idle_ms=1000,
+        session_timeout_ms=SESSION_MS,
+    )
+
+
 async def read_topics(
     bootstrap: str, topics: Sequence[str], quiet_s: float = 1.0
 ) -> dict[str, list[ConsumerRecord]]:
@@ -144,13 +155,7 @@ def test_malformed_messages_all_land_in_the_dlq_with_reasons_and_origin(
     messages = [(f"k{index}".encode(), index % 2, value) for index, value in enumerate(values)]
     asyncio.run(produce(broker.bootstrap, source_topic, messages, partitions=2))
     sinks = {topic: topic_factory(topic) for topic in TOPICS}
-    source = KafkaSourceSpec(
-        bootstrap=broker.bootstrap,
-        topic=source_topic,
-        group=topic_factory("group"),
-        stop_when_idle_ms=1000,
-        session_timeout_ms=SESSION_MS,
-    )
+    source = bounded_source(broker.bootstrap, source_topic, topic_factory("group"))
     sink_specs: dict[str, SinkSpec | Sink] = {
         topic: KafkaSinkSpec(bootstrap=broker.bootstrap, topic=name, source_topic=source_topic)
         for topic, name in sinks.items()
@@ -386,13 +391,7 @@ def test_a_checkpointed_run_reads_every_partition_without_waiting_for_a_group_jo
     topic, group = topic_factory("in"), topic_factory("group")
     messages = [(None, index % 4, b'{"text": "m%d"}' % index) for index in range(100)]
     asyncio.run(produce(broker.bootstrap, topic, messages, partitions=4))
-    source = KafkaSourceSpec(
-        bootstrap=broker.bootstrap,
-        topic=topic,
-        group=group,
-        stop_when_idle_ms=1000,
-        session_timeout_ms=SESSION_MS,
-    )
+    source = bounded_source(broker.bootstrap, topic, group)
     first_batch_after: list[float] = []
 
     def progress(messages: int) -> None:
@@ -439,13 +438,7 @@ def test_a_checkpointed_run_beside_a_group_member_warns_that_its_commits_are_ref
 
     asyncio.run(join_and_stop_without_leaving())
     out = tmp_path / "out.ndjson"
-    source = KafkaSourceSpec(
-        bootstrap=broker.bootstrap,
-        topic=topic,
-        group=group,
-        stop_when_idle_ms=1000,
-        session_timeout_ms=SESSION_MS,
-    )
+    source = bounded_source(broker.bootstrap, topic, group)
     with caplog.at_level(logging.WARNING, logger="engine.connectors.kafka"):
         (
             Pipeline("beside")

@@ -24,9 +24,9 @@ from engine.connectors import Sink
 from engine.connectors.kafka import KafkaSource, ensure_topics
 from engine.operators.decode import schema_path
 from engine.replay import RawKafkaSink, Replayed, replay
-from engine.spec import KafkaSinkSpec, KafkaSourceSpec, SinkSpec
+from engine.spec import KafkaSinkSpec, SinkSpec
 from pipelines.w1 import TOPICS, Event, w1
-from tests.integration.test_kafka import SESSION_MS, produce, read_topics
+from tests.integration.test_kafka import SESSION_MS, bounded_source, produce, read_topics
 
 ROUTED = tuple(ROUTED_TOPICS.values())
 
@@ -55,13 +55,7 @@ def test_dead_letters_replayed_after_a_fix_reach_the_outputs(
     input_topic, group = topic_factory("in"), topic_factory("group")
     asyncio.run(produce(broker.bootstrap, input_topic, messages, partitions=4))
     sinks = {topic: topic_factory(topic) for topic in TOPICS}
-    source = KafkaSourceSpec(
-        bootstrap=broker.bootstrap,
-        topic=input_topic,
-        group=group,
-        stop_when_idle_ms=1000,
-        session_timeout_ms=SESSION_MS,
-    )
+    source = bounded_source(broker.bootstrap, input_topic, group)
     sink_specs: dict[str, SinkSpec | Sink] = {
         topic: KafkaSinkSpec(bootstrap=broker.bootstrap, topic=name, source_topic=input_topic)
         for topic, name in sinks.items()
