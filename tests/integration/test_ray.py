@@ -27,6 +27,7 @@ from engine.cli import with_kafka_settings
 from engine.plan import build_plan
 from engine.runners.ray import RayRunner, scale
 from engine.runners.ray.cluster import connect
+from engine.runners.ray.runner import ActorRestarted
 from engine.spec import CheckpointSpec, FileSourceSpec, PipelineSpec, load_spec
 from pipelines.w1 import TOPICS
 from tests.integration.test_kafka import produce, read_topics
@@ -97,6 +98,41 @@ def test_w1_file_form_on_ray_equals_the_reference_and_the_local_runner(
     assert compare(read_output_dir(tmp_path / "local"), on_ray) == []
     assert stats.messages == 100_000
     assert stats.rows_out["w1.dlq"] == len(w1_expected["w1.dlq"]) > 0
+
+
+@ray.remote(max_restarts=-1)
+class _Process:
+    """A stand-in for the runner's actors: its process id, and a call that takes time."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def sleep(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+
+def test_a_wait_on_a_restarted_actor_ends_with_actor_restarted(
+    ray_cluster: str, w1_input: Path, tmp_path: Path
+) -> None:
+    """After a worker is killed, Ray at times never settles a call submitted before the
+    kill; the driver's waits check the actors' processes and end with ActorRestarted (which
+    the run recovers from), and a slow result on live actors is still waited for."""
+    runner = RayRunner(build_plan(w1_files(w1_input, tmp_path / "out")), workers=1)
+    runner.writer, runner._workers = _Process.remote(), [_Process.remote()]
+    runner._pids = runner._actor_pids()
+    slow = _Process.remote()
+    result = slow.sleep.remote(2.5)  # longer than two checks of the actors
+    assert ray.get(runner._wait([result])) == [2.5]
+
+    pending = slow.sleep.remote(60)  # a result that will not come in time
+    os.kill(runner._pids[1], signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(ActorRestarted, match="an actor was restarted") as raised:
+        runner._wait([pending])
+    assert time.monotonic() - started < 30
+    assert started - 1 <= raised.value.since <= started + 1
+    ray.kill(slow)
 
 
 @pytest.mark.parametrize("victim", ["worker", "sink writer"])

@@ -52,6 +52,7 @@ import ray
 from ray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
+    GetTimeoutError,
     ObjectLostError,
     OwnerDiedError,
     RayActorError,
@@ -76,8 +77,26 @@ from engine.spec import KafkaSourceSpec
 
 log = logging.getLogger(__name__)
 
+
+class ActorRestarted(ConfluxError):
+    """An actor was restarted (its process died) while calls of the run were in flight.
+
+    Ray usually fails those calls, but not always: after a worker was killed, the result of
+    a call submitted before the kill could stay pending for good (1 run in 4 of the
+    benchmark's kill drill), with the calls behind it waiting for its ticket. The driver
+    checks its actors' processes whenever a wait has lasted `STALL_CHECK_S`.
+
+    `since`: when the wait began (the recovery time counts from there).
+    """
+
+    def __init__(self, message: str, since: float) -> None:
+        super().__init__(message)
+        self.since = since
+
+
 #: Failures of the cluster, not of the pipeline: the run recovers from a checkpoint.
 _LOST = (
+    ActorRestarted,
     RayActorError,
     ActorDiedError,
     ActorUnavailableError,
@@ -91,6 +110,9 @@ DEFAULT_INTERVAL_MS = 2000
 RESTART_TIMEOUT_S = 60
 #: How many failures in a row (without a checkpoint in between) end the run.
 MAX_RECOVERIES = 5
+#: How long a wait for actors' results lasts before the driver checks that every actor is
+#: still the process it configured (`ActorRestarted`).
+STALL_CHECK_S = 1.0
 
 _ACTOR = {"max_restarts": -1, "max_task_retries": 0, "max_concurrency": MAX_CONCURRENCY}
 _WorkerActor = ray.remote(num_cpus=1, **_ACTOR)(Worker)
@@ -174,6 +196,7 @@ class RayRunner:
         self._seq = 0
         self._tailed_seq = -1  # the last batch whose tails (state effects) are submitted
         self._tickets: dict[int, Ticket] = {}  # id(actor handle) → its next ticket
+        self._pids: list[int] = []  # the writer's and the workers' processes, configured
         self._epoch = 0  # the last epoch begun (`_new_epoch`)
         self._failures = 0
         self._recovering_since: float | None = None
@@ -290,12 +313,12 @@ class RayRunner:
                 seq, self._seq = self._seq, self._seq + 1
                 self._tailed_seq = seq
                 write = self.writer.write.remote(self._ticket(self.writer), seq, outputs)
-                self._account(seq, ray.get(write), 0)
+                self._account(seq, ray.get(self._wait([write])[0]), 0)
                 if self.spec.checkpoint is not None:
                     self._checkpoint_now()
                 # flush and release the sinks and sources before the actors are stopped
                 actors = [self.writer, *self._workers]
-                ray.get([actor.close.remote(self._ticket(actor)) for actor in actors])
+                ray.get(self._wait([actor.close.remote(self._ticket(actor)) for actor in actors]))
                 return
             except (*_LOST, RayTaskError) as error:
                 self._recover_or_raise(error)
@@ -408,7 +431,7 @@ class RayRunner:
                     move(phase.popleft())
                     return
             # nothing can move yet: sleep until one more result is in (no busy wait)
-            ray.wait(pending, num_returns=1)
+            self._wait(pending, num_returns=1)
 
     def _start_tails(self, batch: _Batch) -> None:
         """Phase 2: every worker's tail on its piece of the batch."""
@@ -470,7 +493,7 @@ class RayRunner:
         first); to the writer once the last of those batches' writes is submitted."""
         if self._kafka:
             while self._heading:
-                ray.wait([self._heading[0].count])
+                self._wait([self._heading[0].count])
                 self._start_tails(self._heading.popleft())
         number, self._next_number = self._next_number, self._next_number + 1
         last_seq = self._tailed_seq
@@ -492,7 +515,7 @@ class RayRunner:
         if barrier.sinks is None:
             return None
         refs = [*barrier.snapshots, barrier.sinks]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if block else 0)
+        ready = self._wait(refs) if block else ray.wait(refs, num_returns=len(refs), timeout=0)[0]
         if len(ready) < len(refs):
             return None
         snapshots = ray.get(barrier.snapshots)
@@ -554,7 +577,7 @@ class RayRunner:
                 f"pipeline {self.spec.name!r}: {MAX_RECOVERIES} failures without a checkpoint "
                 f"in between; the last: {error}"
             ) from error
-        started = time.monotonic()
+        started = error.since if isinstance(error, ActorRestarted) else time.monotonic()
         log.warning("pipeline %s: %s; restoring the last checkpoint", self.spec.name, error)
         # calls in flight are dropped: those of the new epoch's tickets start afresh, and
         # each actor runs none of the old ones once the new epoch has begun
@@ -623,6 +646,33 @@ class RayRunner:
                 for index, worker in enumerate(self._workers)
             ]
         )
+        self._pids = self._actor_pids()
+
+    def _actor_pids(self, timeout: float | None = None) -> list[int]:
+        """The writer's and the workers' process ids."""
+        actors = [self.writer, *self._workers]
+        return ray.get([actor.pid.remote() for actor in actors], timeout=timeout)
+
+    def _wait(self, refs: list[ray.ObjectRef], num_returns: int | None = None) -> list:
+        """Wait until `num_returns` of `refs` (default: all) are ready; return the ready
+        ones. Every `STALL_CHECK_S` of waiting, raise `ActorRestarted` if an actor's
+        process is not the one configured: the results of its calls may never come."""
+        wanted = len(refs) if num_returns is None else num_returns
+        since = time.monotonic()
+        while True:
+            ready, _ = ray.wait(refs, num_returns=wanted, timeout=STALL_CHECK_S)
+            if len(ready) >= wanted:
+                return ready
+            try:
+                pids = self._actor_pids(timeout=STALL_CHECK_S)
+            except GetTimeoutError:
+                continue  # an actor is restarting: its pid differs once it is back
+            if pids != self._pids:
+                raise ActorRestarted(
+                    f"pipeline {self.spec.name!r}: an actor was restarted (processes "
+                    f"{self._pids} are now {pids}) while its calls were in flight",
+                    since,
+                )
 
     def _rewind(self, manifest: Manifest) -> None:
         self._exhausted = False
