@@ -68,7 +68,7 @@ from engine.plan import Plan
 from engine.runners.local import Progress, RunStats
 from engine.runners.ray.cluster import ACTOR_ENVIRONMENT, connect
 from engine.runners.ray.control import Control, control_name
-from engine.runners.ray.ordering import MAX_CONCURRENCY, Ticket
+from engine.runners.ray.ordering import MAX_CONCURRENCY, Fetch, Ticket
 from engine.runners.ray.splits import Split, SplitPosition, splits_for
 from engine.runners.ray.store import Manifest, RayCheckpointStore, StateFiles
 from engine.runners.ray.worker import Worker, shuffles, split_plan
@@ -312,7 +312,7 @@ class RayRunner:
                 outputs = [w.finish.remote(self._ticket(w)) for w in self._workers]
                 seq, self._seq = self._seq, self._seq + 1
                 self._tailed_seq = seq
-                write = self.writer.write.remote(self._ticket(self.writer), seq, outputs)
+                write = self.writer.write.remote(self._ticket(self.writer), seq, Fetch(outputs))
                 self._account(seq, ray.get(self._wait([write])[0]), 0)
                 if self.spec.checkpoint is not None:
                     self._checkpoint_now()
@@ -437,7 +437,7 @@ class RayRunner:
         """Phase 2: every worker's tail on its piece of the batch."""
         seq, head = batch.seq, batch.head
         batch.outputs = [
-            w.tail_piece.remote(self._ticket(w), seq, [head[i]])
+            w.tail_piece.remote(self._ticket(w), seq, Fetch([head[i]]))
             for i, w in enumerate(self._workers)
         ]
         batch.head = []
@@ -448,7 +448,9 @@ class RayRunner:
 
     def _start_write(self, batch: _Batch) -> None:
         """Phase 3: the batch's sink write, then the writer's barrier if it is due."""
-        batch.write = self.writer.write.remote(self._ticket(self.writer), batch.seq, batch.outputs)
+        batch.write = self.writer.write.remote(
+            self._ticket(self.writer), batch.seq, Fetch(batch.outputs)
+        )
         batch.outputs = []
         self._in_flight.append(batch)
         barrier = self._barrier

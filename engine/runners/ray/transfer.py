@@ -37,3 +37,8 @@ class Lines:
 
     body: pa.Buffer
     rows: int
+
+
+#: A batch's outputs as a worker returns them to the sink writer: sink name → a packed
+#: frame (`pack`) or an NDJSON body.
+Outputs = dict[str, pa.Buffer | Lines]

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import ray
 
 from engine.batch import PARTITION
 from engine.connectors import kafka_source
@@ -48,11 +47,8 @@ from engine.runners.ray.loop import BackgroundLoop
 from engine.runners.ray.ordering import TicketOrder, in_order
 from engine.runners.ray.splits import Split
 from engine.runners.ray.store import Manifest, RayCheckpointStore, StateFiles
-from engine.runners.ray.transfer import Lines, pack, unpack
+from engine.runners.ray.transfer import Lines, Outputs, pack, unpack
 from engine.spec import FileSinkSpec, KafkaSourceSpec, PipelineSpec
-
-#: A batch's outputs as a worker returns them: sink name → packed frame (`transfer.pack`).
-Outputs = dict[str, pa.Buffer | Lines]
 
 
 def split_plan(plan: Plan) -> tuple[tuple[Step, ...], tuple[Step, ...]]:
@@ -201,16 +197,15 @@ class Worker:
         return self._shuffle(seq, batch)
 
     @in_order
-    def tail_piece(self, seq: int, wrapped: list[ray.ObjectRef]) -> Outputs:
+    def tail_piece(self, seq: int, piece: list[pa.Buffer | None]) -> Outputs:
         """Run the tail on this worker's rows of batch `seq`; the batch's sink outputs.
 
-        The piece comes as a reference inside a list, fetched here: a reference given as
-        an argument would be a dependency, and Ray may then run calls out of submission
-        order, which checkpoint barriers rely on (`engine.runners.ray.runner`).
+        `piece`: the other worker's rows for this one (None: this worker's own, kept
+        here), as the driver's `Fetch` of the head's result.
         """
-        piece = ray.get(wrapped[0])
+        packed = piece[0]
         own, routed = self._stash.pop(seq, (None, defaultdict(list)))
-        rows = own if piece is None else unpack(piece)
+        rows = own if packed is None else unpack(packed)
         assert rows is None or isinstance(rows, pl.DataFrame)
         if rows is not None and rows.height:
             more, _ = self.tail.push(rows)

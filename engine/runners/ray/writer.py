@@ -18,7 +18,6 @@ from collections import defaultdict
 from collections.abc import Awaitable
 
 import pyarrow as pa
-import ray
 
 from engine.connectors import open_sink
 from engine.connectors.base import ResumableSink, Sink, SinkPosition, write_together
@@ -27,7 +26,7 @@ from engine.errors import CheckpointError
 from engine.runners.chain import merged
 from engine.runners.ray.loop import BackgroundLoop
 from engine.runners.ray.ordering import TicketOrder, in_order
-from engine.runners.ray.transfer import Lines, unpack
+from engine.runners.ray.transfer import Lines, Outputs, unpack
 from engine.spec import PipelineSpec
 
 
@@ -60,14 +59,13 @@ class SinkWriter:
         self._io.run(_open(self.spec.name, self.sinks, positions))
 
     @in_order
-    def write(self, seq: int, wrapped: list[ray.ObjectRef]) -> dict[str, int]:
-        """Write batch `seq`'s outputs (one dict per worker, as references fetched here:
-        see `Worker.tail_piece`); rows written per sink."""
+    def write(self, seq: int, outputs: list[Outputs]) -> dict[str, int]:
+        """Write batch `seq`'s outputs (one dict per worker, the driver's `Fetch` of the
+        workers' results); rows written per sink."""
         if self._written is not None and seq <= self._written:
             raise RuntimeError(f"sink writer: batch {seq} after batch {self._written}")
         self._written = seq
         started = time.perf_counter_ns()
-        outputs: list[dict[str, pa.Buffer | Lines]] = ray.get(wrapped)
         parts: dict[str, list[pa.Buffer | Lines]] = defaultdict(list)
         for output in outputs:
             for sink, part in output.items():
