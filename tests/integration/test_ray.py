@@ -132,7 +132,8 @@ def test_a_wait_on_a_restarted_actor_ends_with_actor_restarted(
         runner._wait([pending])
     assert time.monotonic() - started < 30
     assert started - 1 <= raised.value.since <= started + 1
-    ray.kill(slow)
+    for actor in [slow, runner.writer, *runner._workers]:
+        ray.kill(actor)
 
 
 @pytest.mark.parametrize("victim", ["worker", "sink writer"])

@@ -82,8 +82,8 @@ class ActorRestarted(ConfluxError):
     """An actor was restarted (its process died) while calls of the run were in flight.
 
     Ray usually fails those calls, but not always: after a worker was killed, the result of
-    a call submitted before the kill could stay pending for good (1 run in 4 of the
-    benchmark's kill drill), with the calls behind it waiting for its ticket. The driver
+    a call submitted before the kill could stay pending for good (the benchmark's kill
+    drill hung so in 1 run of 6), with the calls behind it waiting for its ticket. The driver
     checks its actors' processes whenever a wait has lasted `STALL_CHECK_S`.
 
     `since`: when the wait began (the recovery time counts from there).
@@ -655,7 +655,9 @@ class RayRunner:
         actors = [self.writer, *self._workers]
         return ray.get([actor.pid.remote() for actor in actors], timeout=timeout)
 
-    def _wait(self, refs: list[ray.ObjectRef], num_returns: int | None = None) -> list:
+    def _wait(
+        self, refs: list[ray.ObjectRef], num_returns: int | None = None
+    ) -> list[ray.ObjectRef]:
         """Wait until `num_returns` of `refs` (default: all) are ready; return the ready
         ones. Every `STALL_CHECK_S` of waiting, raise `ActorRestarted` if an actor's
         process is not the one configured: the results of its calls may never come."""
