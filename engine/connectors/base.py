@@ -67,8 +67,9 @@ class ResumableSource(Source, Protocol):
         """Where the batches yielded so far end."""
         ...
 
-    async def commit(self) -> None:
-        """Tell the source's system that the batches yielded so far are safely done."""
+    async def commit(self, position: Position | None = None) -> None:
+        """Tell the source's system that the batches yielded so far (or, given a
+        checkpoint's `position`, those before it) are safely done."""
         ...
 
     async def close(self) -> None: ...

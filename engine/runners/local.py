@@ -15,8 +15,13 @@ checkpoint's length and has Kafka sinks drop the outputs they had already writte
 (`engine.runners.checkpoint`, `KafkaSink.resume`). A checkpoint is written once a batch's
 outputs are acknowledged and `interval_ms` has passed since the last one, and at the end
 of a bounded input; the source's offsets are committed to its system only after that, so
-they never run ahead of a checkpoint. Without a checkpoint, the source commits after every
-batch: at least once, and a rerun starts with empty state.
+they never run ahead of a checkpoint. Between batches the runner only takes the sinks'
+positions and the states' snapshots; the files are written and fsynced, and the offsets
+committed, in the background while the next batches run (as Flink's asynchronous
+snapshots), one checkpoint at a time: writing them in line held every batch behind a
+checkpoint ~12 ms on the project's machine (benchmarks/RESULTS.md). Without a
+checkpoint, the source commits after every batch: at least once, and a rerun starts with
+empty state.
 
 It also measures where time goes: nanoseconds per input message for reading, for each step,
 for writing each sink and for checkpointing, which `RunStats.breakdown` reports.
@@ -33,7 +38,15 @@ from dataclasses import dataclass, field
 import polars as pl
 import uvloop
 
-from engine.connectors.base import ResumableSink, ResumableSource, Sink, Source, write_together
+from engine.connectors.base import (
+    Position,
+    ResumableSink,
+    ResumableSource,
+    Sink,
+    SinkPosition,
+    Source,
+    write_together,
+)
 from engine.errors import CheckpointError
 from engine.plan import Plan
 from engine.runners.chain import Routed, StepChain, merged
@@ -91,6 +104,7 @@ class LocalRunner:
         self.sinks = dict(sinks)
         self.progress = progress
         self.stats = RunStats()
+        self._saving: asyncio.Task[None] | None = None  # the checkpoint being saved
         self.chain = StepChain(
             plan.steps,
             dead_letter=plan.spec.dead_letter,
@@ -118,6 +132,8 @@ class LocalRunner:
                     await start()
             checkpointed_at = time.monotonic()
             while True:
+                if self._saving is not None and self._saving.done():
+                    await self._saved()  # raises what went wrong in the background
                 started = time.perf_counter_ns()
                 try:
                     batch = await anext(batches)
@@ -130,15 +146,26 @@ class LocalRunner:
                 if checkpointing is None:
                     if commit is not None:
                         await commit()
-                elif time.monotonic() - checkpointed_at >= checkpointing.interval_s:
+                elif (
+                    time.monotonic() - checkpointed_at >= checkpointing.interval_s
+                    and self._saving is None
+                ):
                     await self._checkpoint(checkpointing)
                     checkpointed_at = time.monotonic()
                 if self.progress is not None:
                     self.progress(batch.height)
             await self._deliver(self.chain.finish()[0])
             if checkpointing is not None:
+                await self._saved()
                 await self._checkpoint(checkpointing)
+                await self._saved()
         finally:
+            if self._saving is not None:
+                # the run failed while a checkpoint was saved: let it finish (its outputs
+                # were acknowledged), the run's own error being the one raised
+                await asyncio.wait([self._saving])
+                if not self._saving.cancelled():
+                    self._saving.exception()
             close = getattr(batches, "aclose", None)
             if close is not None:
                 await close()
@@ -191,6 +218,7 @@ class LocalRunner:
         )
         if checkpoint is None:
             await self._checkpoint(checkpointing)
+            await self._saved()
 
     def _restore_states(self, checkpoint: Checkpoint, store: CheckpointStore) -> None:
         stateful = {str(step.name): state for step, state in self.chain.stateful()}
@@ -205,10 +233,13 @@ class LocalRunner:
             state.restore(checkpoint.states[name])
 
     async def _checkpoint(self, checkpointing: _Checkpointing) -> None:
-        """Write a checkpoint of the batches delivered so far, then commit the source.
+        """Take a checkpoint of the batches delivered so far; `_save` makes it durable
+        and commits the source in the background (`_saved` waits for it).
 
-        Called between batches: every output is acknowledged and no batch is being read,
-        so positions and states describe the same point of the input.
+        Called between batches, with no checkpoint being saved: every output is
+        acknowledged and no batch is being read, so positions and states describe the same
+        point of the input. The snapshots are copies, so the next batches may change the
+        states while they are written.
         """
         started = time.perf_counter_ns()
         names = list(checkpointing.sinks)
@@ -216,16 +247,32 @@ class LocalRunner:
             *(sink.position() for sink in checkpointing.sinks.values())
         )
         states = {str(step.name): state.snapshot() for step, state in self.chain.stateful()}
-        # off the event loop: the source's group heartbeats go on while files are fsynced
-        await asyncio.to_thread(
-            checkpointing.store.save,
-            checkpointing.source.position(),
-            dict(zip(names, positions, strict=True)),
-            states,
-        )
-        await checkpointing.source.commit()
-        self.stats.checkpoints += 1
+        source = checkpointing.source.position()
+        sinks = dict(zip(names, positions, strict=True))
+        self._saving = asyncio.create_task(self._save(checkpointing, source, sinks, states))
         self.stats.stage_ns["checkpoint"] += time.perf_counter_ns() - started
+
+    async def _save(
+        self,
+        checkpointing: _Checkpointing,
+        source: Position,
+        sinks: dict[str, SinkPosition],
+        states: dict[str, pl.DataFrame],
+    ) -> None:
+        """Write a checkpoint's files (in a thread: fsync blocks), then commit the source's
+        offsets it holds: they never run ahead of a durable checkpoint."""
+        started = time.perf_counter_ns()
+        await asyncio.to_thread(checkpointing.store.save, source, sinks, states)
+        await checkpointing.source.commit(source)
+        self.stats.checkpoints += 1
+        self.stats.stage_ns["checkpoint save"] += time.perf_counter_ns() - started
+
+    async def _saved(self) -> None:
+        """Wait until the checkpoint being saved, if any, is durable and committed; raise
+        what failed if it did not."""
+        saving, self._saving = self._saving, None
+        if saving is not None:
+            await saving
 
     async def _deliver(self, routed: Routed) -> None:
         """Write each sink's rows; sinks write concurrently, so their broker round trips

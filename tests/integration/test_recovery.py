@@ -26,7 +26,7 @@ from engine.broker import EmbeddedBroker
 from engine.connectors import NdjsonSink
 from engine.connectors.base import Position, SinkPosition
 from engine.connectors.kafka import KafkaSink, KafkaSource, ensure_topics, read_to_end
-from engine.errors import ConnectorError
+from engine.errors import CheckpointError, ConnectorError
 from engine.runners.checkpoint import Checkpoint, CheckpointStore
 from engine.spec import KafkaSourceSpec
 from pipelines.w1 import TOPICS, file_sinks, w1
@@ -217,11 +217,11 @@ class CrashingSource(KafkaSource):
         self.crash_at = crash_at
         self.commits = 0
 
-    async def commit(self) -> None:
+    async def commit(self, position: Position | None = None) -> None:
         self.commits += 1
         if self.commits == self.crash_at:
             raise ConnectorError("crashed")
-        await super().commit()
+        await super().commit(position)
 
 
 def w1_on_kafka(
@@ -293,6 +293,76 @@ def test_a_crash_between_checkpoint_and_commit_resumes_at_the_checkpoint(
     actual = read_output_dir(outputs)
     assert compare(run_reference(messages), actual) == []
     assert all(actual[topic] for topic in TOPICS)
+
+
+def test_batches_run_while_a_checkpoint_is_saved(
+    broker: EmbeddedBroker,
+    topic_factory: Callable[[str], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    messages, source = w1_on_kafka(broker, topic_factory, 20_000)
+    outputs, workdir = tmp_path / "out", tmp_path / "work"
+    watched = outputs / "w1.out.eu.ndjson"
+    grew: list[bool] = []
+
+    class SlowStore(CheckpointStore):
+        """Its second save returns only once the run has written more outputs (or after
+        30 s): a runner that waited for the save would never get there."""
+
+        def save(
+            self, source: Position, sinks: dict[str, SinkPosition], states: dict[str, pl.DataFrame]
+        ) -> int:
+            if self.load() is not None and not grew:
+                size = watched.stat().st_size
+                deadline = time.monotonic() + 30
+                while watched.stat().st_size == size and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                grew.append(watched.stat().st_size > size)
+            return super().save(source, sinks, states)
+
+    monkeypatch.setattr("engine.runners.local.CheckpointStore", SlowStore)
+    pipeline = w1(source, file_sinks(str(outputs)), partition_by_key=False)
+    pipeline.checkpoint(str(workdir), interval_ms=0).run()
+
+    assert grew == [True]
+    assert compare(run_reference(messages), read_output_dir(outputs)) == []
+    checkpoint = CheckpointStore(workdir).load()
+    assert checkpoint is not None
+    # the last checkpoint, written at the end of the input, is what the group committed
+    done = asyncio.run(committed(broker.bootstrap, source.group, source.topic, 4))
+    assert done == [offsets(checkpoint.source, source.topic)[partition] for partition in range(4)]
+
+
+def test_a_checkpoint_that_cannot_be_saved_fails_the_run_and_commits_nothing(
+    broker: EmbeddedBroker,
+    topic_factory: Callable[[str], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, source = w1_on_kafka(broker, topic_factory, 20_000)
+    outputs, workdir = tmp_path / "out", tmp_path / "work"
+
+    class FullStore(CheckpointStore):
+        """Saves the first checkpoint (at the start), then fails as a full disk would."""
+
+        def save(
+            self, source: Position, sinks: dict[str, SinkPosition], states: dict[str, pl.DataFrame]
+        ) -> int:
+            if self.load() is not None:
+                raise CheckpointError(f"checkpoint directory {str(self.directory)!r}: disk full")
+            return super().save(source, sinks, states)
+
+    monkeypatch.setattr("engine.runners.local.CheckpointStore", FullStore)
+    pipeline = w1(source, file_sinks(str(outputs)), partition_by_key=False)
+    with pytest.raises(CheckpointError, match="disk full"):
+        pipeline.checkpoint(str(workdir), interval_ms=0).run()
+
+    checkpoint = CheckpointStore(workdir).load()
+    assert checkpoint is not None and checkpoint.number == 0
+    # nothing was read before checkpoint 0: no offset may be committed past it
+    done = asyncio.run(committed(broker.bootstrap, source.group, source.topic, 4))
+    assert done == [None] * 4
 
 
 def test_a_kafka_sink_resumed_twice_writes_each_record_once(
