@@ -97,7 +97,9 @@ class KafkaSourceSpec(_Spec, tag="kafka"):
     `start` applies to partitions the group has no committed offset for: `earliest`,
     `latest`, `{timestamp: MS}` or `{offsets: {PARTITION: OFFSET}}`. `stop_when_idle_ms`
     makes the run bounded: it ends after that long without a new record (tests, batch
-    jobs); unset, the source runs until stopped.
+    jobs); unset, the source runs until stopped. `prefetch` says when the next fetch is
+    sent (`KafkaSource`): `when_behind` (while batches come back full; once caught up, when
+    the runner asks for the next batch) or `always` (in the background, aiokafka's way).
     """
 
     bootstrap: str
@@ -108,6 +110,7 @@ class KafkaSourceSpec(_Spec, tag="kafka"):
     start: Literal["earliest", "latest"] | StartAt = "earliest"
     stop_when_idle_ms: Annotated[int, msgspec.Meta(ge=1)] | None = None
     session_timeout_ms: Annotated[int, msgspec.Meta(ge=1000)] = 10_000
+    prefetch: Literal["when_behind", "always"] = "when_behind"
 
 
 class KafkaSinkSpec(_Spec, tag="kafka"):

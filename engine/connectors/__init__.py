@@ -52,6 +52,7 @@ def kafka_source(
         spec.group,
         batch_size=spec.batch_size,
         linger_ms=spec.linger_ms,
+        prefetch=spec.prefetch,
         start=spec.start,
         stop_when_idle_ms=spec.stop_when_idle_ms,
         session_timeout_ms=spec.session_timeout_ms,

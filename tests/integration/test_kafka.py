@@ -525,6 +525,43 @@ def test_sources_start_at_a_timestamp_or_at_explicit_offsets(
     assert asyncio.run(both()) == [[5, 6, 7, 8, 9], [7, 8, 9]]
 
 
+@pytest.mark.parametrize("prefetch", ["when_behind", "always"])
+def test_a_caught_up_source_fetches_when_asked_unless_it_always_prefetches(
+    broker: EmbeddedBroker, topic_factory: Callable[[str], str], prefetch: str
+) -> None:
+    topic = topic_factory("in")
+    asyncio.run(produce(broker.bootstrap, topic, [(None, 0, b"x")] * 30, partitions=1))
+
+    async def scenario() -> tuple[list[int], list[bool]]:
+        source = KafkaSource(
+            broker.bootstrap,
+            topic,
+            topic_factory("group"),
+            batch_size=20,
+            partitions=[0],
+            prefetch=prefetch,  # type: ignore[arg-type]
+        )
+        offsets: list[int] = []
+        paused: list[bool] = []  # after each batch: is the partition left unfetched?
+        try:
+            for batch in range(3):
+                if batch == 2:  # caught up: these arrive while the runner works
+                    await produce(broker.bootstrap, topic, [(None, 0, b"y")] * 5, partitions=1)
+                frame = None
+                while frame is None:
+                    frame = await source.fetch()
+                offsets += frame["_offset"].to_list()
+                assert source._consumer is not None  # the consumer's own pause state
+                paused.append(bool(source._consumer.paused()))
+        finally:
+            await source.close()
+        return offsets, paused
+
+    offsets, paused = asyncio.run(scenario())
+    assert offsets == list(range(35))  # full (20), short (10), then what came meanwhile
+    assert paused == ([False, True, True] if prefetch == "when_behind" else [False] * 3)
+
+
 def test_conflux_broker_serves_until_sigterm_then_stops_cleanly() -> None:
     command = [sys.executable, "-m", "engine.cli", "broker"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:

@@ -203,6 +203,13 @@ PLAIN = PIPELINE.replace("${ORDERS_INPUT}", "in.ndjson").replace("${ORDERS_OUTPU
             id="unknown source type",
         ),
         pytest.param(
+            "type: file\n  path: in.ndjson",
+            "type: kafka\n  bootstrap: 127.0.0.1:9092\n  topic: in\n  group: g\n"
+            "  prefetch: sometimes",
+            "Invalid enum value 'sometimes' - at `$.source.prefetch`",
+            id="unknown Kafka prefetch",
+        ),
+        pytest.param(
             "dead_letter: dlq",
             "dead_letter: rejected",
             "sink 'rejected' is not defined in sinks (defined: dlq, greetings, others) "
