@@ -84,24 +84,31 @@ LATENCY_WINDOW_S = 5.0
 # ---- the engine process -----------------------------------------------------------------
 
 
-def w1_spec(bootstrap: str, input_topic: str, output_suffix: str, group: str) -> PipelineSpec:
-    """pipelines/w1.yaml on `bootstrap`, reading `input_topic` in `group`, writing each W1
-    output topic with `output_suffix` appended; it ends after IDLE_MS without input."""
+def w1_spec(
+    bootstrap: str, input_topic: str, output_suffix: str, group: str, prefetch: str | None = None
+) -> PipelineSpec:
+    """pipelines/w1.yaml on `bootstrap`, reading `input_topic` in `group` (with `prefetch`
+    unless None), writing each W1 output topic with `output_suffix` appended; it ends after
+    IDLE_MS without input."""
     spec = load_spec(W1_KAFKA)
     sinks: dict[str, SinkSpec] = {}
     for name, sink in spec.sinks.items():
         assert isinstance(sink, KafkaSinkSpec), "W1's Kafka form writes only topics"
         sinks[name] = msgspec.structs.replace(sink, topic=f"{sink.topic}{output_suffix}")
-    renamed = msgspec.structs.replace(
-        spec,
-        source=msgspec.structs.replace(spec.source, topic=input_topic, group=group),
-        sinks=sinks,
-    )
+    source = msgspec.structs.replace(spec.source, topic=input_topic, group=group)
+    if prefetch is not None:
+        source = msgspec.structs.replace(source, prefetch=prefetch)
+    renamed = msgspec.structs.replace(spec, source=source, sinks=sinks)
     return with_kafka_settings(renamed, bootstrap, IDLE_MS)
 
 
 def run_engine(
-    bootstrap: str, input_topic: str, output_suffix: str, group: str, workers: int | None
+    bootstrap: str,
+    input_topic: str,
+    output_suffix: str,
+    group: str,
+    workers: int | None,
+    prefetch: str | None = None,
 ) -> None:
     """Run W1 in this process (`workers`: on that many Ray workers, on a local Ray cluster);
     print a JSON line when it owns its input partitions, and one at the end: wall-clock and
@@ -109,7 +116,7 @@ def run_engine(
     its last batch, and the run's figures. Both runners read by manual assignment (W1 is
     checkpointed: no group join); on Ray, CPU seconds are the driver's and the actors'
     (`RunStats.stage_ns`), and the partitions are owned once the actors are up."""
-    spec = w1_spec(bootstrap, input_topic, output_suffix, group)
+    spec = w1_spec(bootstrap, input_topic, output_suffix, group, prefetch)
     last_output = [0.0, 0.0]
 
     def progress(messages: int) -> None:
@@ -157,7 +164,12 @@ class Engine:
     """An engine process running W1 (`run_engine`), with a fresh W1_WORKDIR of its own."""
 
     def __init__(
-        self, bootstrap: str, input_topic: str, output_suffix: str, workers: int | None = None
+        self,
+        bootstrap: str,
+        input_topic: str,
+        output_suffix: str,
+        workers: int | None = None,
+        prefetch: str | None = None,
     ) -> None:
         self._workdir = tempfile.TemporaryDirectory(prefix="conflux-bench-")
         command = [
@@ -174,6 +186,7 @@ class Engine:
             "--group",
             f"conflux-bench-{uuid.uuid4().hex[:8]}",
             *([] if workers is None else ["--ray-workers", str(workers)]),
+            *([] if prefetch is None else ["--prefetch", prefetch]),
         ]
         self.process = subprocess.Popen(
             command,
@@ -289,8 +302,11 @@ def print_throughput(results: list[dict], expected: dict, command: str) -> None:
 # ---- latency ------------------------------------------------------------------------------
 
 
-def latency(bootstrap: str, rate: float, duration_s: float, tag: str) -> dict[str, Any]:
-    """Produce at `rate` for `duration_s` while W1 runs; time every routed output."""
+def latency(
+    bootstrap: str, rate: float, duration_s: float, tag: str, prefetch: str | None = None
+) -> dict[str, Any]:
+    """Produce at `rate` for `duration_s` while W1 runs (its source's `prefetch` given, or
+    pipelines/w1.yaml's); time every routed output."""
     count = int(rate * duration_s)
     input_topic = f"w1.in.{tag}.latency"
     output_suffix = f".{tag}.latency"
@@ -308,7 +324,7 @@ def latency(bootstrap: str, rate: float, duration_s: float, tag: str) -> dict[st
         expected.routed_inputs,
         keep_values=False,
     )
-    engine = Engine(bootstrap, input_topic, output_suffix)
+    engine = Engine(bootstrap, input_topic, output_suffix, prefetch=prefetch)
     engine.wait_assigned()
     print(f"producing at {rate:,.0f} msg/s for {duration_s:g} s", flush=True)
     achieved = asyncio.run(_produce_and_read(bootstrap, input_topic, frame, rate, reader, engine))
@@ -419,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         default=300_000,
         help="messages of the throughput run that measures saturation",
     )
+    prefetch = ("when_behind", "always")
+    paced.add_argument("--prefetch", choices=prefetch, help="the Kafka source's (default: W1's)")
     for mode in (timed, paced):
         mode.add_argument("--bootstrap", metavar="HOST:PORT", help="default: an embedded broker")
     engine = modes.add_parser("engine", help="(internal) one engine run")
@@ -427,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     engine.add_argument("--output-suffix", required=True)
     engine.add_argument("--group", required=True)
     engine.add_argument("--ray-workers", type=int)
+    engine.add_argument("--prefetch", choices=prefetch)
     arguments = parser.parse_args(argv)
     if arguments.mode == "engine":
         run_engine(
@@ -435,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             arguments.output_suffix,
             arguments.group,
             arguments.ray_workers,
+            arguments.prefetch,
         )
         return 0
     command = shlex.join([".venv/bin/python", "-m", "benchmarks.w1_kafka", *(argv or sys.argv[1:])])
@@ -452,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
             results, _ = throughput(bootstrap, arguments.saturation_count, 1, tag)
             saturation = results[0]["after_join"]
             rate = saturation / 2
-        print_latency(latency(bootstrap, rate, arguments.duration, tag), saturation, command)
+        result = latency(bootstrap, rate, arguments.duration, tag, arguments.prefetch)
+        print_latency(result, saturation, command)
     return 0
 
 

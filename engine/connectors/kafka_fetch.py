@@ -78,6 +78,27 @@ async def fetch(
     return (frames[0] if len(frames) == 1 else pl.concat(frames)), advanced
 
 
+def caught_up(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the consumer has taken every record fetched and read each assigned partition
+    to the high watermark its last fetch reported: the next fetch can only find records
+    that arrive from now on. False while a partition has not been fetched yet."""
+    if consumer._fetcher._records:
+        return False
+    subscription = consumer._subscription.subscription
+    assignment = subscription.assignment if subscription is not None else None
+    if assignment is None or not assignment.tps:
+        return False
+    for tp in assignment.tps:
+        state = assignment.state_value(tp)
+        if (
+            state.highwater is None
+            or not state.has_valid_position
+            or state.position < state.highwater
+        ):
+            return False
+    return True
+
+
 async def fetch_partitions(
     consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int
 ) -> dict[TopicPartition, tuple[pl.DataFrame, int]] | None:
