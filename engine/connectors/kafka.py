@@ -199,8 +199,8 @@ class KafkaSource:
     short of the high watermark its last fetch reported) has the next fetch sent in the
     background as before, while one that has caught up pauses its partitions until the
     runner asks for the next batch: that fetch then finds what arrived meanwhile and is
-    answered at once. Measured on the project's machine: W1's p99 latency 157 ms
-    instead of 210 ms at 69,000 msg/s (benchmarks/RESULTS.md). "always" keeps aiokafka's
+    answered at once. Measured on the project's machine: W1's p99 latency 226 ms
+    instead of 274 ms at 69,000 msg/s (benchmarks/RESULTS.md). "always" keeps aiokafka's
     background fetching: against Apache Kafka it saves the round trip a paused fetch costs
     a caught-up source per batch.
 
