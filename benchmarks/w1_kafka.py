@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import numpy as np
@@ -69,7 +69,7 @@ from engine.cli import with_kafka_settings
 from engine.connectors import KafkaSource, open_source
 from engine.connectors.kafka import ensure_topics
 from engine.pipeline import Pipeline
-from engine.spec import KafkaSinkSpec, PipelineSpec, SinkSpec, load_spec
+from engine.spec import KafkaSinkSpec, PipelineSpec, Prefetch, SinkSpec, load_spec
 
 ROOT = Path(__file__).parents[1]
 W1_KAFKA = ROOT / "pipelines" / "w1.yaml"
@@ -85,7 +85,11 @@ LATENCY_WINDOW_S = 5.0
 
 
 def w1_spec(
-    bootstrap: str, input_topic: str, output_suffix: str, group: str, prefetch: str | None = None
+    bootstrap: str,
+    input_topic: str,
+    output_suffix: str,
+    group: str,
+    prefetch: Prefetch | None = None,
 ) -> PipelineSpec:
     """pipelines/w1.yaml on `bootstrap`, reading `input_topic` in `group` (with `prefetch`
     unless None), writing each W1 output topic with `output_suffix` appended; it ends after
@@ -108,7 +112,7 @@ def run_engine(
     output_suffix: str,
     group: str,
     workers: int | None,
-    prefetch: str | None = None,
+    prefetch: Prefetch | None = None,
 ) -> None:
     """Run W1 in this process (`workers`: on that many Ray workers, on a local Ray cluster);
     print a JSON line when it owns its input partitions, and one at the end: wall-clock and
@@ -169,7 +173,7 @@ class Engine:
         input_topic: str,
         output_suffix: str,
         workers: int | None = None,
-        prefetch: str | None = None,
+        prefetch: Prefetch | None = None,
     ) -> None:
         self._workdir = tempfile.TemporaryDirectory(prefix="conflux-bench-")
         command = [
@@ -303,7 +307,7 @@ def print_throughput(results: list[dict], expected: dict, command: str) -> None:
 
 
 def latency(
-    bootstrap: str, rate: float, duration_s: float, tag: str, prefetch: str | None = None
+    bootstrap: str, rate: float, duration_s: float, tag: str, prefetch: Prefetch | None = None
 ) -> dict[str, Any]:
     """Produce at `rate` for `duration_s` while W1 runs (its source's `prefetch` given, or
     pipelines/w1.yaml's); time every routed output."""
@@ -435,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         default=300_000,
         help="messages of the throughput run that measures saturation",
     )
-    prefetch = ("when_behind", "always")
+    prefetch = get_args(Prefetch)
     paced.add_argument("--prefetch", choices=prefetch, help="the Kafka source's (default: W1's)")
     for mode in (timed, paced):
         mode.add_argument("--bootstrap", metavar="HOST:PORT", help="default: an embedded broker")

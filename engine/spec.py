@@ -47,6 +47,8 @@ AnyStep = (
 )
 
 BatchSize = Annotated[int, msgspec.Meta(ge=1)]
+#: When a Kafka source sends its next fetch (`engine.connectors.kafka.KafkaSource`).
+Prefetch = Literal["when_behind", "always"]
 
 
 class _Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type"):
@@ -98,8 +100,9 @@ class KafkaSourceSpec(_Spec, tag="kafka"):
     `latest`, `{timestamp: MS}` or `{offsets: {PARTITION: OFFSET}}`. `stop_when_idle_ms`
     makes the run bounded: it ends after that long without a new record (tests, batch
     jobs); unset, the source runs until stopped. `prefetch` says when the next fetch is
-    sent (`KafkaSource`): `when_behind` (while batches come back full; once caught up, when
-    the runner asks for the next batch) or `always` (in the background, aiokafka's way).
+    sent (`KafkaSource`): `when_behind` (in the background while the source is behind; once
+    it has caught up, when the runner asks for the next batch) or `always` (in the
+    background, aiokafka's way).
     """
 
     bootstrap: str
@@ -110,7 +113,7 @@ class KafkaSourceSpec(_Spec, tag="kafka"):
     start: Literal["earliest", "latest"] | StartAt = "earliest"
     stop_when_idle_ms: Annotated[int, msgspec.Meta(ge=1)] | None = None
     session_timeout_ms: Annotated[int, msgspec.Meta(ge=1000)] = 10_000
-    prefetch: Literal["when_behind", "always"] = "when_behind"
+    prefetch: Prefetch = "when_behind"
 
 
 class KafkaSinkSpec(_Spec, tag="kafka"):

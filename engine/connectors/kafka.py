@@ -62,7 +62,7 @@ from engine.connectors.encoding import encode_values, is_dead_letter
 from engine.connectors.kafka_fetch import caught_up, fetch
 from engine.errors import CheckpointError, ConfigError, ConnectorError
 from engine.partitioning import partition_for
-from engine.spec import StartAt
+from engine.spec import Prefetch, StartAt
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class KafkaSource:
         stop_when_idle_ms: int | None = None,
         session_timeout_ms: int = 10_000,
         retry: Retry = DEFAULT_RETRY,
-        prefetch: Literal["when_behind", "always"] = "when_behind",
+        prefetch: Prefetch = "when_behind",
         partitions: Sequence[int] | Literal["all"] | None = None,
     ) -> None:
         self.bootstrap = bootstrap

@@ -32,7 +32,7 @@ from engine.connectors import MemorySink, Sink
 from engine.connectors.kafka import KafkaSink, KafkaSource, Retry, ensure_topics
 from engine.errors import ConnectorError
 from engine.schema_examples import Greeting
-from engine.spec import FileSinkSpec, KafkaSinkSpec, KafkaSourceSpec, SinkSpec
+from engine.spec import FileSinkSpec, KafkaSinkSpec, KafkaSourceSpec, Prefetch, SinkSpec
 from pipelines.w1 import TOPICS, w1
 
 W1_KAFKA = Path(__file__).parents[2] / "pipelines" / "w1.yaml"
@@ -527,7 +527,7 @@ def test_sources_start_at_a_timestamp_or_at_explicit_offsets(
 
 @pytest.mark.parametrize("prefetch", ["when_behind", "always"])
 def test_a_caught_up_source_fetches_when_asked_unless_it_always_prefetches(
-    broker: EmbeddedBroker, topic_factory: Callable[[str], str], prefetch: str
+    broker: EmbeddedBroker, topic_factory: Callable[[str], str], prefetch: Prefetch
 ) -> None:
     topic = topic_factory("in")
     asyncio.run(produce(broker.bootstrap, topic, [(None, 0, b"x")] * 30, partitions=1))
@@ -539,7 +539,7 @@ def test_a_caught_up_source_fetches_when_asked_unless_it_always_prefetches(
             topic_factory("group"),
             batch_size=20,
             partitions=[0],
-            prefetch=prefetch,  # type: ignore[arg-type]
+            prefetch=prefetch,
         )
         offsets: list[int] = []
         paused: list[bool] = []  # after each batch: is the partition left unfetched?
