@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,8 +68,14 @@ def _id_number(value: bytes) -> int:
     return int(orjson.loads(value)["id"][4:])
 
 
-#: A routed output's event number, read from its JSON text over a whole column.
+#: A W1 value's event number, read from its JSON text.
 _ID_NUMBER = r'"id"\s*:\s*"evt-([0-9]+)"'
+
+
+def event_numbers(values: pl.Series) -> pl.Series:
+    """Each W1 value's event number ("evt-N": N), over a whole column at once; null for a
+    value without one (a malformed input)."""
+    return values.cast(pl.String, strict=False).str.extract(_ID_NUMBER, 1).cast(pl.Int64)
 
 
 def input_frame(messages: Sequence[W1Message]) -> pl.DataFrame:
@@ -182,6 +188,8 @@ class OutputReader:
         produced_at: wall-clock produce time (s) per input index.
         routed_inputs: `Expectation.routed_inputs` of the input.
         keep_values: keep the values, not only count them.
+        timed: the W1 topics (keys of `topics`) whose outputs are timed; None: the routed
+            ones.
     """
 
     def __init__(
@@ -191,8 +199,10 @@ class OutputReader:
         produced_at: np.ndarray,
         routed_inputs: Mapping[int, Sequence[int]],
         keep_values: bool = True,
+        timed: Collection[str] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.timed = frozenset(ROUTED_TOPICS.values() if timed is None else timed)
         self.topics = dict(topics)
         self.produced_at = produced_at
         self.routed_inputs = routed_inputs
@@ -260,10 +270,8 @@ class OutputReader:
             self.counts[topic] += frame.height
             if self.keep_values:
                 self.values[topic].extend(frame.get_column(RAW).to_list())
-            if topic in ROUTED_TOPICS.values():
-                events = frame.select(
-                    pl.col(RAW).cast(pl.String).str.extract(_ID_NUMBER, 1).cast(pl.Int64)
-                ).to_series()
+            if topic in self.timed:
+                events = event_numbers(frame.get_column(RAW))
                 inputs = [i for i in map(self._input_of, events.to_list()) if i is not None]
                 self._latencies.append(read_at - self.produced_at[inputs])
                 self._read_at.append(read_at)
