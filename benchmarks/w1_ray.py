@@ -12,16 +12,29 @@ runner also reports how long its actors took to start, and the rate over the res
 run ("once started") compares the engines' sustained throughput. Then one run with 2
 workers has a worker killed with SIGKILL halfway: the recovery time is from the failure
 seen by the driver to the first batch written after the restore.
+
+Where the CPU goes, per Ray run: the workers' and the sink writer's own CPU time (each actor
+times itself, imports excluded), the driver's (this process), and that of Ray's processes
+that outlive the run (raylet, GCS and the other daemons, idle workers), summed over the run;
+then the cores the run kept busy once started (all of it over the wall time after the
+actors' start, which a little overstates it: the driver's and the daemons' part of the
+start is in). From those, "2 workers' ceiling / 1 worker": the rate the 2-worker run would
+reach with every core busy at its CPU per message, over the 1-worker run's rate once
+started. Two workers cannot pass it on this machine without spending less CPU per message
+than they do.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import statistics
 import tempfile
 from pathlib import Path
+
+import psutil
 
 from benchmarks.w1_engine import run_once
 from benchmarks.w1_generate import generate, write_ndjson
@@ -29,6 +42,26 @@ from engine.runners.ray import RayRunner
 from engine.runners.ray.cluster import connect
 from engine.spec import FileSourceSpec
 from pipelines.w1 import file_sinks, w1
+
+CORES = os.cpu_count() or 1
+
+
+def driver_cpu() -> float:
+    """CPU seconds of this process (every thread) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def ray_processes_cpu() -> dict[int, float]:
+    """CPU seconds so far of each process this one started (Ray's daemons and workers)."""
+    cpu = {}
+    for process in psutil.Process().children(recursive=True):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        cpu[process.pid] = times.user + times.system
+    return cpu
 
 
 def ray_run(input_path: Path, workers: int, batch_size: int, kill_at: int | None = None) -> dict:
@@ -46,9 +79,19 @@ def ray_run(input_path: Path, workers: int, batch_size: int, kill_at: int | None
                     seen[0] = 10**9
 
             runner.progress = kill
+        driver_before, ray_before = driver_cpu(), ray_processes_cpu()
         stats = runner.run()
+        driver, ray_after = driver_cpu() - driver_before, ray_processes_cpu()
     running = stats.wall_seconds - runner.startup_seconds
     cpu_ns = sum(ns for stage, ns in stats.stage_ns.items() if stage.endswith(" cpu"))
+    # processes alive before and after: the actors are stopped at the end of the run
+    ray_own = sum(ray_after[pid] - ray_before[pid] for pid in ray_before.keys() & ray_after)
+    cpu = {
+        "workers": stats.stage_ns.get("worker cpu", 0) / 1e9,
+        "writer": stats.stage_ns.get("writer cpu", 0) / 1e9,
+        "driver": driver,
+        "Ray's daemons": ray_own,
+    }
     return {
         "wall": stats.wall_seconds,
         "rate": stats.messages / stats.wall_seconds,
@@ -57,6 +100,10 @@ def ray_run(input_path: Path, workers: int, batch_size: int, kill_at: int | None
         "actor cpu per message": cpu_ns / stats.messages,
         "recovery": runner.recovery_seconds,
         "stages": stats.breakdown(),
+        "workers": workers,
+        "cpu": cpu,
+        "cores busy": sum(cpu.values()) / running,
+        "cpu per message": sum(cpu.values()) / stats.messages,
     }
 
 
@@ -72,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         write_ndjson(generate(arguments.count, seed=42), arguments.input)
     connect(log_to_driver=False)
     rounds = []
+    cpu_by_process: dict[int, list[dict[str, float]]] = {1: [], 2: []}
     for number in range(arguments.runs):
         local = run_once(arguments.input, arguments.batch_size)
         local_rate = local["messages"] / local["wall"]
@@ -88,8 +136,15 @@ def main(argv: list[str] | None = None) -> int:
                 "1 worker running / local": one["running rate"] / local_rate,
                 "2 / 1 workers": two["rate"] / one["rate"],
                 "2 / 1 workers running": two["running rate"] / one["running rate"],
+                "1 worker: cores busy once started": one["cores busy"],
+                "2 workers: cores busy once started": two["cores busy"],
+                "2 workers' ceiling / 1 worker running": (
+                    CORES / two["cpu per message"] / one["running rate"]
+                ),
             }
         )
+        for run in (one, two):
+            cpu_by_process[run["workers"]].append(run["cpu"])
         print(
             f"round {number + 1}: local {local_rate:,.0f} msg/s | Ray 1 worker "
             f"{one['rate']:,.0f} from start, {one['running rate']:,.0f} once started "
@@ -106,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         shown = f"{median:,.0f} msg/s" if median > 100 else f"{median:.2f}"
         print(f"| {figure} | {shown} |")
     print(f"| recovery after SIGKILL of a worker | {killed['recovery']} s |")
+    print("\n| CPU seconds per run (median of the rounds) | 1 worker | 2 workers |")
+    print("| --- | ---: | ---: |")
+    for process in cpu_by_process[1][0]:
+        one_cpu, two_cpu = (
+            statistics.median(run[process] for run in cpu_by_process[count]) for count in (1, 2)
+        )
+        print(f"| {process} | {one_cpu:.2f} | {two_cpu:.2f} |")
     return 0
 
 
