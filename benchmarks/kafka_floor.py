@@ -43,7 +43,7 @@ from benchmarks.w1_load import (
     event_numbers,
     input_frame,
     percentiles_ms,
-    produce_steadily,
+    produce_and_read,
 )
 from engine.batch import KEY, RAW
 from engine.broker import EmbeddedBroker
@@ -122,18 +122,8 @@ async def measure(
         keep_values=False,
         timed={"copy"},
     )
-    await reader.start()
-    done = asyncio.Event()
-    reading = asyncio.create_task(reader.read_until(done))
-    try:
-        achieved = await produce_steadily(bootstrap, INPUT, frame, rate, produced_at)
-        if relaying is not None:
-            await asyncio.to_thread(relaying.wait)
-        done.set()
-        await reading
-    finally:
-        reading.cancel()
-        await reader.stop()
+    ended = relaying.wait if relaying is not None else lambda: None
+    achieved = await produce_and_read(bootstrap, INPUT, frame, rate, reader, ended)
     return achieved, reader
 
 

@@ -52,7 +52,6 @@ from typing import Any, get_args
 
 import msgspec
 import numpy as np
-import polars as pl
 
 from benchmarks.w1_generate import generate
 from benchmarks.w1_load import (
@@ -61,7 +60,7 @@ from benchmarks.w1_load import (
     input_frame,
     percentiles_ms,
     preload,
-    produce_steadily,
+    produce_and_read,
 )
 from benchmarks.w1_reference import ROUTED_TOPICS, run_reference
 from engine.broker import EmbeddedBroker
@@ -320,7 +319,6 @@ def latency(
     # built before the engine starts: it ends once idle for IDLE_MS, and framing millions
     # of messages takes seconds
     frame = input_frame(messages)
-    asyncio.run(ensure_topics(bootstrap, {input_topic: PARTITIONS}))
     reader = OutputReader(
         bootstrap,
         {topic: f"{topic}{output_suffix}" for topic in ROUTED_TOPICS.values()},
@@ -328,10 +326,14 @@ def latency(
         expected.routed_inputs,
         keep_values=False,
     )
+    topics = [input_topic, *reader.topics.values()]
+    asyncio.run(ensure_topics(bootstrap, dict.fromkeys(topics, PARTITIONS)))
     engine = Engine(bootstrap, input_topic, output_suffix, prefetch=prefetch)
     engine.wait_assigned()
     print(f"producing at {rate:,.0f} msg/s for {duration_s:g} s", flush=True)
-    achieved = asyncio.run(_produce_and_read(bootstrap, input_topic, frame, rate, reader, engine))
+    achieved = asyncio.run(
+        produce_and_read(bootstrap, input_topic, frame, rate, reader, engine.result)
+    )
     latencies = reader.latencies()
     if not len(latencies):
         raise RuntimeError(
@@ -353,33 +355,6 @@ def latency(
         "checkpoints": report["checkpoints"],
         "stages": report["stages"],
     }
-
-
-async def _produce_and_read(
-    bootstrap: str,
-    input_topic: str,
-    messages: pl.DataFrame,
-    rate: float,
-    reader: OutputReader,
-    engine: Engine,
-) -> float:
-    """Produce while `reader` reads, until the engine has ended and the reader caught up;
-    return the rate achieved."""
-    await ensure_topics(bootstrap, dict.fromkeys(reader.topics.values(), PARTITIONS))
-    await reader.start()
-    done = asyncio.Event()
-    reading = asyncio.create_task(reader.read_until(done))
-    try:
-        achieved = await produce_steadily(
-            bootstrap, input_topic, messages, rate, reader.produced_at
-        )
-        await asyncio.to_thread(engine.result)
-        done.set()
-        await reading
-    finally:
-        reading.cancel()
-        await reader.stop()
-    return achieved
 
 
 def print_latency(result: dict[str, Any], saturation: float | None, command: str) -> None:

@@ -132,6 +132,32 @@ async def produce_steadily(
     return sent / (time.perf_counter() - started)
 
 
+async def produce_and_read(
+    bootstrap: str,
+    topic: str,
+    messages: pl.DataFrame,
+    rate: float,
+    reader: OutputReader,
+    ended: Callable[[], object],
+) -> float:
+    """Write `messages` to `topic` at `rate` (`produce_steadily`, times into
+    `reader.produced_at`) while `reader` reads; once all are written, wait for `ended`
+    (blocking, so in a thread: the end of the process under test), then until the reader
+    has caught up. Returns the rate achieved."""
+    await reader.start()
+    done = asyncio.Event()
+    reading = asyncio.create_task(reader.read_until(done))
+    try:
+        achieved = await produce_steadily(bootstrap, topic, messages, rate, reader.produced_at)
+        await asyncio.to_thread(ended)
+        done.set()
+        await reading
+    finally:
+        reading.cancel()
+        await reader.stop()
+    return achieved
+
+
 async def next_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """Each partition of `topic`'s next offset now: where to start reading what comes next."""
     consumer = _consumer(bootstrap)
