@@ -31,6 +31,7 @@ import orjson
 from engine.broker import EmbeddedBroker
 from engine.connectors import KafkaSource, MemorySink, MemorySource
 from engine.errors import ConfigError, ConfluxError
+from engine.metrics import serve_metrics
 from engine.pipeline import Pipeline
 from engine.plan import build_plan
 from engine.replay import RawKafkaSink, replay
@@ -84,6 +85,18 @@ def main(argv: list[str] | None = None) -> int:
                 metavar="SECONDS",
                 help="end the run once a Kafka source has had no new record for this long",
             )
+            command.add_argument(
+                "--metrics-port",
+                type=int,
+                metavar="PORT",
+                help="serve the run's Prometheus metrics at http://ADDRESS:PORT/metrics",
+            )
+            command.add_argument(
+                "--metrics-address",
+                default="127.0.0.1",
+                metavar="ADDRESS",
+                help="the address --metrics-port listens on (default: 127.0.0.1)",
+            )
     scaling = commands.add_parser("scale", help="rescale a pipeline running on Ray")
     scaling.add_argument("name", help="the pipeline's name (its `name:`)")
     scaling.add_argument("--workers", type=int, required=True)
@@ -125,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         elif arguments.command == "run":
             idle_ms = None if arguments.stop_when_idle is None else arguments.stop_when_idle * 1000
             spec = with_kafka_settings(spec, arguments.bootstrap, idle_ms)
+            metrics = arguments.metrics_port, arguments.metrics_address
+            _announce_metrics(*metrics)
             if arguments.runner == "ray":
-                return _run_on_ray(spec, arguments.workers, arguments.address)
-            return _run(spec)
+                return _run_on_ray(spec, arguments.workers, arguments.address, *metrics)
+            return _run(spec, *metrics)
         else:
             return _test(spec)
     except ConfluxError as error:
@@ -136,15 +151,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(spec: PipelineSpec) -> int:
-    return _report(spec, Pipeline.from_spec(spec).run())
+def _announce_metrics(port: int | None, address: str) -> None:
+    """Check `--metrics-port` and print where the run's metrics will be."""
+    if port is None:
+        return
+    if not 0 < port < 65536:
+        raise ConfigError(f"--metrics-port: expected a port from 1 to 65535, got {port}")
+    print(f"metrics at http://{address}:{port}/metrics", flush=True)
 
 
-def _run_on_ray(spec: PipelineSpec, workers: int, address: str | None) -> int:
+def _run(spec: PipelineSpec, metrics_port: int | None, metrics_address: str) -> int:
+    stats = Pipeline.from_spec(spec).run(metrics_port=metrics_port, metrics_address=metrics_address)
+    return _report(spec, stats)
+
+
+def _run_on_ray(
+    spec: PipelineSpec,
+    workers: int,
+    address: str | None,
+    metrics_port: int | None,
+    metrics_address: str,
+) -> int:
     from engine.runners.ray import RayRunner  # imports Ray: only when asked for
 
     runner = RayRunner(build_plan(spec), workers=workers, address=address)
-    status = _report(spec, runner.run())
+    with serve_metrics(spec.name, runner.stats, metrics_port, metrics_address):
+        stats = runner.run()
+    status = _report(spec, stats)
     print(
         f"  on Ray: {runner.stats.checkpoints} checkpoints, {runner.rescales} rescales, "
         f"{len(runner.recovery_seconds)} recoveries"

@@ -28,6 +28,7 @@ import msgspec
 
 from engine.connectors import MemorySink, MemorySource, Sink, Source, open_sink, open_source
 from engine.errors import ConfigError
+from engine.metrics import serve_metrics
 from engine.operators.base import Step
 from engine.operators.decode import Decode, schema_path
 from engine.operators.dedup import Dedup
@@ -215,10 +216,15 @@ class Pipeline:
         runner: str = "local",
         workers: int = 1,
         address: str | None = None,
+        metrics_port: int | None = None,
+        metrics_address: str = "127.0.0.1",
     ) -> RunStats:
         """Run until the source ends: on the local runner (in this process), or with
         `runner="ray"` on `workers` Ray actors (`engine.runners.ray.RayRunner`; `address`: a
-        running cluster, else a local one). On Ray, sources and sinks must be specs."""
+        running cluster, else a local one). On Ray, sources and sinks must be specs.
+
+        With `metrics_port`, the run's figures are served for Prometheus at
+        http://METRICS_ADDRESS:METRICS_PORT/metrics while it runs (`engine.metrics`)."""
         plan = self.plan()
         if runner == "ray":
             if self._live_source is not None or self._live_sinks:
@@ -229,7 +235,9 @@ class Pipeline:
                 )
             from engine.runners.ray import RayRunner  # imports Ray: only when asked for
 
-            return RayRunner(plan, workers=workers, address=address, progress=progress).run()
+            ray_runner = RayRunner(plan, workers=workers, address=address, progress=progress)
+            with serve_metrics(self.name, ray_runner.stats, metrics_port, metrics_address):
+                return ray_runner.run()
         if runner != "local":
             raise ConfigError(f"pipeline {self.name!r}: runner must be 'local' or 'ray'")
         source = self._live_source or open_source(
@@ -239,7 +247,10 @@ class Pipeline:
             name: self._live_sinks.get(name) or open_sink(spec)
             for name, spec in plan.spec.sinks.items()
         }
-        return LocalRunner(plan, source, sinks, progress).run()
+        local = LocalRunner(plan, source, sinks, progress)
+        lag = getattr(source, "lag", None)  # a Kafka source's
+        with serve_metrics(self.name, local.stats, metrics_port, metrics_address, lag):
+            return local.run()
 
 
 __all__ = ["MemorySink", "MemorySource", "Pipeline"]

@@ -272,6 +272,7 @@ class KafkaSource:
         self._last_record_at = 0.0
         self._assignment: frozenset[int] = frozenset()
         self._commit_refused = False
+        self._lag: dict[int, int] = {}
 
     @property
     def assignment(self) -> frozenset[int]:
@@ -326,9 +327,25 @@ class KafkaSource:
         return fetched
 
     def _advance(self, advanced: Mapping[TopicPartition, int]) -> None:
-        """Record that a batch was handed to the runner: each partition's next offset."""
+        """Record that a batch was handed to the runner: each partition's next offset, and
+        how far it is behind (`lag`)."""
         for tp, offset in advanced.items():
             self._uncommitted[tp] = self._next_offsets[tp] = offset
+        consumer = self._consumer
+        if consumer is not None:
+            assigned = consumer.assignment()
+            behind = {
+                tp.partition: max(highwater - offset, 0)
+                for tp, offset in advanced.items()
+                if tp in assigned and (highwater := consumer.highwater(tp)) is not None
+            }
+            self._lag = {**self._lag, **behind}  # a new dict: a scrape may be reading
+
+    def lag(self) -> dict[int, int]:
+        """Records each partition held past what this source had handed to the runner, as
+        of its last batch from that partition (by the high watermark of the fetch that
+        brought it). Safe to call from another thread (a metrics scrape)."""
+        return self._lag
 
     def resume(self, position: Position | None) -> None:
         """Continue from `position` (a checkpoint's offsets; None: nothing read yet).
@@ -461,6 +478,8 @@ class KafkaSource:
             # what is left uncommitted here was never acknowledged and must be read again.
             for tp in revoked:
                 self._uncommitted.pop(tp, None)
+            gone = {tp.partition for tp in revoked}
+            self._lag = {p: behind for p, behind in self._lag.items() if p not in gone}
 
     async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._assignment = frozenset(tp.partition for tp in assigned)

@@ -65,6 +65,7 @@ class RunStats:
     checkpoints: int = 0
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
+    last_batch_at: float = 0.0  # Unix time the last batch was done (its outputs written)
     rows_out: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     stage_ns: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -152,6 +153,7 @@ class LocalRunner:
                 ):
                     await self._checkpoint(checkpointing)
                     checkpointed_at = time.monotonic()
+                self.stats.last_batch_at = time.time()
                 if self.progress is not None:
                     self.progress(batch.height)
             await self._deliver(self.chain.finish()[0])

@@ -22,8 +22,9 @@ import ray
 from benchmarks.w1_canonical import compare, read_output_dir
 from benchmarks.w1_generate import generate
 from benchmarks.w1_reference import run_reference
-from engine.broker import EmbeddedBroker
+from engine.broker import EmbeddedBroker, free_loopback_port
 from engine.cli import with_kafka_settings
+from engine.pipeline import Pipeline
 from engine.plan import build_plan
 from engine.runners.ray import RayRunner, scale
 from engine.runners.ray.cluster import connect
@@ -31,6 +32,7 @@ from engine.runners.ray.runner import ActorRestarted
 from engine.spec import CheckpointSpec, FileSourceSpec, PipelineSpec, load_spec
 from pipelines.w1 import TOPICS
 from tests.integration.test_kafka import produce, read_topics
+from tests.integration.test_metrics import Samples, scrape
 
 ROOT = Path(__file__).parents[2]
 
@@ -92,12 +94,35 @@ def test_w1_file_form_on_ray_equals_the_reference_and_the_local_runner(
     assert compare(w1_expected, on_ray) == []
     local = w1_files(w1_input, tmp_path / "local")
     build_plan(local)  # same plan, local runner
-    from engine.pipeline import Pipeline
-
     Pipeline.from_spec(local).run()
     assert compare(read_output_dir(tmp_path / "local"), on_ray) == []
     assert stats.messages == 100_000
     assert stats.rows_out["w1.dlq"] == len(w1_expected["w1.dlq"]) > 0
+
+
+def test_a_run_on_ray_serves_the_driver_s_counts_while_it_runs(
+    ray_cluster: str, w1_input: Path, w1_expected: dict[str, list[bytes]], tmp_path: Path
+) -> None:
+    port = free_loopback_port()
+    scraped: list[tuple[int, Samples]] = []
+    taken = 0
+
+    def progress(messages: int) -> None:
+        nonlocal taken
+        taken += messages
+        scraped.append((taken, scrape(port)))
+
+    spec = w1_files(w1_input, tmp_path)
+    stats = Pipeline.from_spec(spec).run(progress, runner="ray", workers=2, metrics_port=port)
+
+    run = (("pipeline", "w1"),)
+    assert len(scraped) > 1 and scraped[-1][0] == stats.messages == 100_000
+    for taken, samples in scraped:
+        assert samples["conflux_messages_total", run] == taken
+    last = scraped[-1][1]
+    for sink in ("w1.out.eu", "w1.dlq"):
+        written = last["conflux_rows_written_total", (*run, ("sink", sink))]
+        assert written == len(w1_expected[sink])
 
 
 @ray.remote(max_restarts=-1)

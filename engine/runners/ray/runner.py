@@ -475,6 +475,7 @@ class RayRunner:
         """Count a written batch (after a recovery, replayed batches count again)."""
         self.stats.messages += messages
         self.stats.batches += 1
+        self.stats.last_batch_at = time.time()
         for sink, count in rows.items():
             self.stats.rows_out[sink] += count
         if self.progress is not None and messages:
