@@ -213,11 +213,18 @@ def test_a_rescale_1_2_1_mid_stream_gives_the_same_outputs(
             runner.scale(1)  # the Python API
 
     # `scale` waits for the driver, which runs the callback: ask from another thread
+    waiting: list[threading.Thread] = []
+
     def progress_in_thread(count: int) -> None:
+        if runner.rescales >= 1:  # `scale` sees its 2 workers before the next rescale
+            while waiting:
+                waiting.pop().join()
         thread = threading.Thread(target=progress, args=(count,))
         thread.start()
         if sum(seen) < 30_000 or runner.rescales >= 1:
             thread.join()
+        else:
+            waiting.append(thread)
 
     runner.progress = progress_in_thread
     stats = runner.run()
