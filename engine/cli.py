@@ -175,7 +175,7 @@ def _run_on_ray(
     from engine.runners.ray import RayRunner  # imports Ray: only when asked for
 
     runner = RayRunner(build_plan(spec), workers=workers, address=address)
-    with serve_metrics(spec.name, runner.stats, metrics_port, metrics_address):
+    with serve_metrics(spec.name, runner.stats, metrics_port, metrics_address, runner.lag):
         stats = runner.run()
     status = _report(spec, stats)
     print(

@@ -18,8 +18,7 @@ of the pipeline's process by prometheus-client's own server.
   time; 0 before the first): a stalled pipeline's stops moving.
 
 On the Ray runner the counts are the driver's, per batch written; the stage times are the
-actors', added at the end of the run, and the lag is not reported (the sources are in the
-actors).
+actors', added at the end of the run; the lag is asked of the workers at each scrape.
 """
 
 from __future__ import annotations

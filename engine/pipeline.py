@@ -236,7 +236,9 @@ class Pipeline:
             from engine.runners.ray import RayRunner  # imports Ray: only when asked for
 
             ray_runner = RayRunner(plan, workers=workers, address=address, progress=progress)
-            with serve_metrics(self.name, ray_runner.stats, metrics_port, metrics_address):
+            with serve_metrics(
+                self.name, ray_runner.stats, metrics_port, metrics_address, ray_runner.lag
+            ):
                 return ray_runner.run()
         if runner != "local":
             raise ConfigError(f"pipeline {self.name!r}: runner must be 'local' or 'ray'")

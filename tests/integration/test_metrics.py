@@ -36,20 +36,43 @@ def scrape(port: int) -> Samples:
     }
 
 
+class ScrapeEachBatch:
+    """A progress callback that scrapes the metrics after every batch: `scraped` holds
+    (messages written by then, samples)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.taken = 0
+        self.scraped: list[tuple[int, Samples]] = []
+
+    def __call__(self, messages: int) -> None:
+        self.taken += messages
+        self.scraped.append((self.taken, scrape(self.port)))
+
+    def lags(self) -> list[tuple[int, dict[str, float]]]:
+        """Each scrape's lag per partition, with the messages written by then."""
+        return [
+            (
+                taken,
+                {
+                    dict(labels)["partition"]: value
+                    for (name, labels), value in samples.items()
+                    if name == "conflux_source_lag_messages"
+                },
+            )
+            for taken, samples in self.scraped
+        ]
+
+
 def test_a_run_serves_its_counts_while_it_runs_and_stops_serving_at_its_end() -> None:
     port = free_loopback_port()
     values = [b'{"text": "hello %d"}' % n for n in range(250)] + [b"not json"] * 5
-    scraped: list[tuple[int, Samples]] = []
-    taken = 0
-
-    def progress(messages: int) -> None:
-        nonlocal taken
-        taken += messages
-        scraped.append((taken, scrape(port)))
+    watch = ScrapeEachBatch(port)
 
     pipeline = Pipeline("greetings").source(MemorySource(values, batch_size=100))
     pipeline = pipeline.decode(Greeting).output("out", MemorySink())
-    stats = pipeline.dead_letter("rejected", MemorySink()).run(progress, metrics_port=port)
+    stats = pipeline.dead_letter("rejected", MemorySink()).run(watch, metrics_port=port)
+    scraped = watch.scraped
 
     assert [taken for taken, _ in scraped] == [100, 200, 255]
     run = (("pipeline", "greetings"),)
@@ -99,18 +122,7 @@ def test_a_kafka_source_reports_how_far_behind_each_partition_is(
     messages = [(None, index % 2, b'{"text": "m%d"}' % index) for index in range(2000)]
     asyncio.run(produce(broker.bootstrap, topic, messages, partitions=2))
     port = free_loopback_port()
-    lags: list[tuple[int, dict[str, float]]] = []  # (messages taken, lag per partition)
-    taken = 0
-
-    def progress(messages: int) -> None:
-        nonlocal taken
-        taken += messages
-        lag = {
-            dict(labels)["partition"]: value
-            for (name, labels), value in scrape(port).items()
-            if name == "conflux_source_lag_messages"
-        }
-        lags.append((taken, lag))
+    watch = ScrapeEachBatch(port)
 
     source = KafkaSource(
         broker.bootstrap,
@@ -122,10 +134,11 @@ def test_a_kafka_source_reports_how_far_behind_each_partition_is(
         partitions="all",
     )
     pipeline = Pipeline("lagging").source(source).decode(Greeting).output("out", MemorySink())
-    stats = pipeline.dead_letter("rejected", MemorySink()).run(progress, metrics_port=port)
+    stats = pipeline.dead_letter("rejected", MemorySink()).run(watch, metrics_port=port)
 
     assert stats.messages == 2000
     # once both partitions have been read from, what is behind is what was not taken yet
+    lags = watch.lags()
     both = [(taken, lag) for taken, lag in lags if lag.keys() == {"0", "1"}]
     assert both and all(2000 - sum(lag.values()) == taken for taken, lag in both)
     assert any(sum(lag.values()) > 0 for _, lag in both)  # behind while the backlog drains

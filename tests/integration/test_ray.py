@@ -20,7 +20,7 @@ import pytest
 import ray
 
 from benchmarks.w1_canonical import compare, read_output_dir
-from benchmarks.w1_generate import generate
+from benchmarks.w1_generate import W1Message, generate
 from benchmarks.w1_reference import run_reference
 from engine.broker import EmbeddedBroker, free_loopback_port
 from engine.cli import with_kafka_settings
@@ -32,7 +32,7 @@ from engine.runners.ray.runner import ActorRestarted
 from engine.spec import CheckpointSpec, FileSourceSpec, PipelineSpec, load_spec
 from pipelines.w1 import TOPICS
 from tests.integration.test_kafka import produce, read_topics
-from tests.integration.test_metrics import Samples, scrape
+from tests.integration.test_metrics import ScrapeEachBatch
 
 ROOT = Path(__file__).parents[2]
 
@@ -104,16 +104,11 @@ def test_a_run_on_ray_serves_the_driver_s_counts_while_it_runs(
     ray_cluster: str, w1_input: Path, w1_expected: dict[str, list[bytes]], tmp_path: Path
 ) -> None:
     port = free_loopback_port()
-    scraped: list[tuple[int, Samples]] = []
-    taken = 0
-
-    def progress(messages: int) -> None:
-        nonlocal taken
-        taken += messages
-        scraped.append((taken, scrape(port)))
+    watch = ScrapeEachBatch(port)
 
     spec = w1_files(w1_input, tmp_path)
-    stats = Pipeline.from_spec(spec).run(progress, runner="ray", workers=2, metrics_port=port)
+    stats = Pipeline.from_spec(spec).run(watch, runner="ray", workers=2, metrics_port=port)
+    scraped = watch.scraped
 
     run = (("pipeline", "w1"),)
     assert len(scraped) > 1 and scraped[-1][0] == stats.messages == 100_000
@@ -258,18 +253,24 @@ def fresh_broker() -> Iterator[EmbeddedBroker]:
         yield running
 
 
+def w1_kafka(broker: EmbeddedBroker, workdir: Path) -> tuple[list[W1Message], PipelineSpec]:
+    """30,000 W1 messages (seed 7) in `broker`'s w1.in (4 partitions), and pipelines/w1.yaml
+    on it in batches of 2,000, checkpointed in `workdir`, ending after 2 s without input."""
+    messages = list(generate(30_000, seed=7))
+    asyncio.run(produce(broker.bootstrap, "w1.in", messages, partitions=4))
+    os.environ["W1_WORKDIR"] = str(workdir)
+    spec = with_kafka_settings(
+        load_spec(ROOT / "pipelines" / "w1.yaml"), broker.bootstrap, stop_when_idle_ms=2000
+    )
+    source = msgspec.structs.replace(spec.source, batch_size=2_000)
+    return messages, msgspec.structs.replace(spec, source=source)
+
+
 @pytest.mark.parametrize("kill", [None, "worker", "sink writer"])
 def test_w1_kafka_form_on_ray_equals_the_reference(
     ray_cluster: str, fresh_broker: EmbeddedBroker, tmp_path: Path, kill: str | None
 ) -> None:
-    messages = list(generate(30_000, seed=7))
-    asyncio.run(produce(fresh_broker.bootstrap, "w1.in", messages, partitions=4))
-    os.environ["W1_WORKDIR"] = str(tmp_path)
-    spec = with_kafka_settings(
-        load_spec(ROOT / "pipelines" / "w1.yaml"), fresh_broker.bootstrap, stop_when_idle_ms=2000
-    )
-    source = msgspec.structs.replace(spec.source, batch_size=2_000)
-    spec = msgspec.structs.replace(spec, source=source)
+    messages, spec = w1_kafka(fresh_broker, tmp_path)
     runner = RayRunner(build_plan(spec), workers=2)
     if kill is not None:
 
@@ -287,3 +288,20 @@ def test_w1_kafka_form_on_ray_equals_the_reference(
     assert compare(run_reference(messages), actual) == []
     # after a recovery, the batches read again since the checkpoint count twice
     assert stats.messages == 30_000 if not kill else stats.messages >= 30_000
+
+
+def test_a_kafka_run_on_ray_serves_each_partition_s_lag(
+    ray_cluster: str, fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    _, spec = w1_kafka(fresh_broker, tmp_path)
+    port = free_loopback_port()
+    watch = ScrapeEachBatch(port)
+
+    stats = Pipeline.from_spec(spec).run(watch, runner="ray", workers=2, metrics_port=port)
+
+    assert stats.messages == 30_000
+    lags = watch.lags()
+    # the workers fetch ahead of what is written: never less behind than that
+    assert all(30_000 - sum(lag.values()) >= taken for taken, lag in lags)
+    assert any(sum(lag.values()) > 0 for _, lag in lags)
+    assert lags[-1][1] == {"0": 0, "1": 0, "2": 0, "3": 0}

@@ -113,6 +113,8 @@ MAX_RECOVERIES = 5
 #: How long a wait for actors' results lasts before the driver checks that every actor is
 #: still the process it configured (`ActorRestarted`).
 STALL_CHECK_S = 1.0
+#: How long a metrics scrape waits for the workers' Kafka lag (`RayRunner.lag`).
+LAG_TIMEOUT_S = 2.0
 
 _ACTOR = {"max_restarts": -1, "max_task_retries": 0, "max_concurrency": MAX_CONCURRENCY}
 _WorkerActor = ray.remote(num_cpus=1, **_ACTOR)(Worker)
@@ -207,6 +209,19 @@ class RayRunner:
     def scale(self, workers: int) -> None:
         """Use `workers` workers from the next batch on (thread-safe; `run` applies it)."""
         self._wanted = workers
+
+    def lag(self) -> dict[int, int]:
+        """Each Kafka partition's lag, from the workers reading them (`KafkaSource.lag`);
+        empty for other sources, and while a worker is lost (a recovery is under way).
+        Thread-safe: a metrics scrape calls it while the run goes on."""
+        workers = list(self._workers)
+        if not self._kafka or not workers:
+            return {}
+        try:
+            parts = ray.get([worker.lag.remote() for worker in workers], timeout=LAG_TIMEOUT_S)
+        except (*_LOST, RayTaskError, GetTimeoutError):
+            return {}
+        return {partition: behind for part in parts for partition, behind in part.items()}
 
     def worker_pids(self) -> list[int]:
         """The process id of each worker actor (on its node): for operators and fault

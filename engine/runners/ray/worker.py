@@ -101,6 +101,12 @@ class Worker:
     def pid(self) -> int:
         return os.getpid()
 
+    def lag(self) -> dict[int, int]:
+        """This worker's Kafka partitions' lag (`KafkaSource.lag`; none for other sources).
+        Not in ticket order: a metrics scrape reads it while batches run."""
+        source = self.source
+        return source.lag() if source is not None else {}
+
     # ---- assignment and state -------------------------------------------------------------
 
     def configure(
