@@ -69,7 +69,8 @@ class RunStatsCollector(Collector):
             "conflux_stage_seconds", "Wall time in each stage.", labels=["pipeline", "stage"]
         )
         for stage, ns in stage_ns:
-            stages.add_metric([*pipeline, stage], ns / 1e9)
+            if not stage.endswith(" cpu"):  # the Ray actors' CPU time, not a stage
+                stages.add_metric([*pipeline, stage], ns / 1e9)
         yield stages
         last = GaugeMetricFamily(
             "conflux_last_batch_timestamp_seconds",
