@@ -22,7 +22,6 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 import polars as pl
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -56,16 +55,13 @@ def expect(messages: Sequence[W1Message]) -> Expectation:
     reference = W1Reference()
     routed = [reference.outputs[topic] for topic in ROUTED_TOPICS.values()]
     routed_inputs: dict[int, list[int]] = defaultdict(list)
-    for index, (_, partition, value) in enumerate(messages):
+    events = event_numbers(pl.Series([message.value for message in messages], dtype=pl.Binary))
+    for index, ((_, partition, value), event) in enumerate(zip(messages, events, strict=True)):
         before = sum(map(len, routed))
         reference.process(partition, value)
-        if sum(map(len, routed)) > before:
-            routed_inputs[_id_number(value)].append(index)
+        if sum(map(len, routed)) > before:  # a routed message is valid: it has an id
+            routed_inputs[event].append(index)
     return Expectation(reference.outputs, dict(routed_inputs))
-
-
-def _id_number(value: bytes) -> int:
-    return int(orjson.loads(value)["id"][4:])
 
 
 #: A W1 value's event number, read from its JSON text.
