@@ -149,8 +149,7 @@ def run_engine(
             target=announce, args=(lambda: runner.startup_seconds > 0,), daemon=True
         ).start()
         stats = runner.run()
-        actors_cpu = sum(ns for stage, ns in stats.stage_ns.items() if stage.endswith(" cpu"))
-        last_output[1] += actors_cpu / 1e9
+        last_output[1] += sum(stats.actor_cpu_ns.values()) / 1e9
     report = {
         "started": started,
         "last_output": last_output,

@@ -83,12 +83,11 @@ def ray_run(input_path: Path, workers: int, batch_size: int, kill_at: int | None
         stats = runner.run()
         driver, ray_after = driver_cpu() - driver_before, ray_processes_cpu()
     running = stats.wall_seconds - runner.startup_seconds
-    cpu_ns = sum(ns for stage, ns in stats.stage_ns.items() if stage.endswith(" cpu"))
     # processes alive before and after: the actors are stopped at the end of the run
     ray_own = sum(ray_after[pid] - ray_before[pid] for pid in ray_before.keys() & ray_after)
     cpu = {
-        "workers": stats.stage_ns.get("worker cpu", 0) / 1e9,
-        "writer": stats.stage_ns.get("writer cpu", 0) / 1e9,
+        "workers": stats.actor_cpu_ns["worker"] / 1e9,
+        "writer": stats.actor_cpu_ns["writer"] / 1e9,
         "driver": driver,
         "Ray's daemons": ray_own,
     }
@@ -97,7 +96,7 @@ def ray_run(input_path: Path, workers: int, batch_size: int, kill_at: int | None
         "rate": stats.messages / stats.wall_seconds,
         "running rate": stats.messages / running,
         "startup": runner.startup_seconds,
-        "actor cpu per message": cpu_ns / stats.messages,
+        "actor cpu per message": sum(stats.actor_cpu_ns.values()) / stats.messages,
         "recovery": runner.recovery_seconds,
         "stages": stats.breakdown(),
         "workers": workers,

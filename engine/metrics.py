@@ -12,13 +12,16 @@ of the pipeline's process by prometheus-client's own server.
 - `conflux_checkpoints_total{pipeline}`: checkpoints made durable;
 - `conflux_stage_seconds_total{pipeline, stage}`: wall time in each stage (reading, each
   step, each sink's writes);
+- `conflux_actor_cpu_seconds_total{pipeline, role}`: on Ray, the CPU time of the worker
+  actors and of the sink writer (imports excluded);
 - `conflux_source_lag_messages{pipeline, partition}`: records a Kafka source partition held
   past what the pipeline had taken, as of its last batch from it;
 - `conflux_last_batch_timestamp_seconds{pipeline}`: when the last batch was done (Unix
   time; 0 before the first): a stalled pipeline's stops moving.
 
-On the Ray runner the counts are the driver's, per batch written; the stage times are the
-actors', added at the end of the run; the lag is asked of the workers at each scrape.
+On the Ray runner the counts are the driver's, per batch written; the stage times and the
+actors' CPU times are added at the end of the run; the lag is asked of the workers at each
+scrape.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class RunStatsCollector(Collector):
         stats, pipeline = self.stats, [self.pipeline]
         # copies: the runner's thread adds sinks and stages while this one reads
         rows_out, stage_ns = list(stats.rows_out.items()), list(stats.stage_ns.items())
+        actor_cpu_ns = list(stats.actor_cpu_ns.items())
         for name, text, value in (
             ("conflux_messages", "Input messages read.", stats.messages),
             ("conflux_batches", "Batches run.", stats.batches),
@@ -69,9 +73,16 @@ class RunStatsCollector(Collector):
             "conflux_stage_seconds", "Wall time in each stage.", labels=["pipeline", "stage"]
         )
         for stage, ns in stage_ns:
-            if not stage.endswith(" cpu"):  # the Ray actors' CPU time, not a stage
-                stages.add_metric([*pipeline, stage], ns / 1e9)
+            stages.add_metric([*pipeline, stage], ns / 1e9)
         yield stages
+        actors = CounterMetricFamily(
+            "conflux_actor_cpu_seconds",
+            "Ray: CPU time of the actors by role (imports excluded).",
+            labels=["pipeline", "role"],
+        )
+        for role, ns in actor_cpu_ns:
+            actors.add_metric([*pipeline, role], ns / 1e9)
+        yield actors
         last = GaugeMetricFamily(
             "conflux_last_batch_timestamp_seconds",
             "When the last batch was done (Unix time; 0 before the first).",

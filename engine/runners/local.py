@@ -58,7 +58,8 @@ Progress = Callable[[int], None]
 @dataclass
 class RunStats:
     """What a run did: messages in, rows per sink, checkpoints written, and nanoseconds
-    spent per stage."""
+    spent per stage; on Ray, also the actors' CPU nanoseconds by role ("worker", "writer";
+    their imports excluded)."""
 
     messages: int = 0
     batches: int = 0
@@ -68,6 +69,7 @@ class RunStats:
     last_batch_at: float = 0.0  # Unix time the last batch was done (its outputs written)
     rows_out: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     stage_ns: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    actor_cpu_ns: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def breakdown(self) -> dict[str, float]:
         """Nanoseconds per input message for each stage (read, steps, sink writes)."""

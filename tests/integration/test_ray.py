@@ -118,6 +118,9 @@ def test_a_run_on_ray_serves_the_driver_s_counts_while_it_runs(
     for sink in ("w1.out.eu", "w1.dlq"):
         written = last["conflux_rows_written_total", (*run, ("sink", sink))]
         assert written == len(w1_expected[sink])
+    # the actors' CPU times are the run's figures of their own, not stages
+    assert stats.actor_cpu_ns["worker"] > 0 and stats.actor_cpu_ns["writer"] > 0
+    assert not any(stage.endswith("cpu") for stage in stats.stage_ns)
 
 
 @ray.remote(max_restarts=-1)

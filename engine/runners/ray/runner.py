@@ -251,7 +251,7 @@ class RayRunner:
             self.startup_seconds = time.perf_counter() - wall
             self._loop()
             self._finish()
-            self.stats.stage_ns.update(self._stage_ns())
+            self._add_actor_stats()
         finally:
             self._stop()
             if temporary is not None:
@@ -748,13 +748,19 @@ class RayRunner:
             return topic_partitions(source.bootstrap, source.topic)
         return 1
 
-    def _stage_ns(self) -> dict[str, int]:
+    def _add_actor_stats(self) -> None:
+        """The actors' time per stage (summed over workers) and CPU time per role into the
+        run's figures."""
         totals: dict[str, int] = {}
+        roles = ["worker"] * len(self._workers) + ["writer"]
         actors = [*self._workers, self.writer]
-        for stats in ray.get([actor.stats.remote() for actor in actors]):
-            for stage, ns in stats.items():
+        for role, (stage_ns, cpu_ns) in zip(
+            roles, ray.get([actor.stats.remote() for actor in actors]), strict=True
+        ):
+            for stage, ns in stage_ns.items():
                 totals[stage] = totals.get(stage, 0) + ns
-        return totals
+            self.stats.actor_cpu_ns[role] += cpu_ns
+        self.stats.stage_ns.update(totals)
 
     def _report(self, refused: str | None = None) -> None:
         self.control.report.remote(

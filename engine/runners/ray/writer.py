@@ -103,11 +103,10 @@ class SinkWriter:
         sinks, self.sinks = self.sinks, {}
         self._io.run(_close(sinks))
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> tuple[dict[str, int], int]:
         """Time per stage, and the CPU time of this process since the actor was created
         (its imports excluded), in ns."""
-        cpu = time.process_time_ns() - self._cpu_at_start
-        return {**self.stage_ns, "writer cpu": cpu}
+        return dict(self.stage_ns), time.process_time_ns() - self._cpu_at_start
 
 
 async def _open(
